@@ -77,6 +77,7 @@ def run_spark(path: Path, output: Path, cores: int, threshold: float, num_perm: 
     spark = (
         SparkSession.builder.master(f"local[{cores}]")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", str(2 * cores))
         .config("spark.driver.memory", "4g")
         .getOrCreate()
@@ -86,7 +87,7 @@ def run_spark(path: Path, output: Path, cores: int, threshold: float, num_perm: 
         ngram=ngram, num_perm=num_perm, seed=1, threshold=threshold, top_k=3, verify_jaccard=True,
         rank_by=("quality", "recency", "length"), output_files=2 * cores, max_doc_chars=1_000_000,
     )  # fmt: skip
-    counts = run_dedup(spark, str(path), str(output), params)
+    counts = run_dedup(spark, str(path), str(output), params, log=print)
     spark.stop()
     table = pq.read_table(output / "data", columns=["id", "cluster_id"])
     print(f"spark counts: {json.dumps(counts)}")

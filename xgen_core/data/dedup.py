@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -104,38 +103,33 @@ def with_row_problems(docs: DataFrame, max_doc_chars: int) -> DataFrame:
 ROW_KEY = ["id", "node", "snapshot", "url"]
 
 
-def repeated_id_rows(checked: DataFrame) -> DataFrame:
-    """Row keys (id, node, snapshot, url) of rows that repeat an id another row already holds.
+def rank_repeated_ids(slim: DataFrame) -> DataFrame:
+    """Add id_rank: 1 for the row that keeps its id, 2, 3, ... for later rows repeating it.
 
-    Of the rows sharing an id, the one with the smallest (node, snapshot, url) stays, so the choice is
-    deterministic; only the slim key columns are shuffled. A row identical to the one that stays also stays.
+    The smallest (node, snapshot, url) keeps the id, so the choice is deterministic; only slim columns shuffle.
     """
-    slim = checked.filter(F.col("quarantine_reason").isNull()).select(*ROW_KEY)
-    ranked = slim.withColumn("rank", F.row_number().over(Window.partitionBy("id").orderBy("node", "snapshot", "url")))
-    winners = ranked.filter("rank = 1").drop("rank")
-    return ranked.filter("rank > 1").drop("rank").distinct().join(winners, ROW_KEY, "left_anti")
+    return slim.withColumn("id_rank", F.row_number().over(Window.partitionBy("id").orderBy("node", "snapshot", "url")))
 
 
-def split_quarantine(checked: DataFrame, repeated: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(accepted, quarantined-with-reason) from rows carrying row problems and the repeated-id row keys."""
-    marked = checked.join(repeated.withColumn("repeated_id", F.lit(True)), ROW_KEY, "left").withColumn(
-        "quarantine_reason",
-        F.when(F.col("quarantine_reason").isNull() & F.col("repeated_id"), F.lit("duplicate_id")).otherwise(
-            F.col("quarantine_reason")
-        ),
-    )
-    marked = marked.drop("repeated_id")
-    accepted = marked.filter(F.col("quarantine_reason").isNull()).drop("quarantine_reason")
-    return accepted, marked.filter(F.col("quarantine_reason").isNotNull())
+def repeated_id_keys(ranked: DataFrame) -> DataFrame:
+    """Row keys of the rows that lose their id (a row identical in every key to the kept one is not among them)."""
+    winners = ranked.filter("id_rank = 1").select(*ROW_KEY)
+    return ranked.filter("id_rank > 1").select(*ROW_KEY).distinct().join(winners, ROW_KEY, "left_anti")
 
 
-BINARY_CHARS = "".join(map(chr, [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xFFFD]))
+BINARY_CODEPOINTS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xFFFD]
+BINARY_CHARS = "".join(map(chr, BINARY_CODEPOINTS))
+BINARY_PATTERN = "[" + "".join(f"\\x{{{c:x}}}" for c in BINARY_CODEPOINTS) + "]"
 
 
 def binary_share(text: Column) -> Column:
-    """Share of characters that text does not contain: C0 controls (bar tab and newlines), DEL and U+FFFD."""
+    """Share of characters that text does not contain: C0 controls (bar tab and newlines), DEL and U+FFFD.
+
+    The regex test runs first because it is several times cheaper than counting with translate on clean text.
+    """
     without_binary = F.translate(text, BINARY_CHARS, "")
-    return (F.length(text) - F.length(without_binary)) / F.greatest(F.length(text), F.lit(1))
+    share = (F.length(text) - F.length(without_binary)) / F.greatest(F.length(text), F.lit(1))
+    return F.when(text.rlike(BINARY_PATTERN), share).otherwise(F.lit(0.0))
 
 
 def with_content_key(docs: DataFrame) -> DataFrame:
@@ -283,9 +277,10 @@ def candidate_edges(signatures: DataFrame, params: DedupParams) -> DataFrame:
     several times, which the final distinct absorbs.
     """
     banded = signatures.filter("has_shingles").select("node", "signature").mapInArrow(band_batches(params), BAND_SCHEMA)
-    bucket_min = F.min("node").over(Window.partitionBy("band_key"))
-    starred = banded.withColumn("dst", bucket_min).filter(F.col("node") != F.col("dst"))
-    return starred.select(F.col("node").alias("src"), "dst").distinct()
+    buckets = banded.groupBy("band_key").agg(F.min("node").alias("dst"), F.collect_set("node").alias("members"))
+    shared = buckets.filter(F.size("members") > 1)
+    starred = shared.select(F.explode("members").alias("src"), "dst").filter(F.col("src") != F.col("dst"))
+    return starred.distinct()
 
 
 def verify_batches(params: DedupParams):
@@ -365,9 +360,13 @@ def rank_order(rank_by: tuple[str, ...]) -> list[Column]:
     return [column for key in rank_by for column in columns[key]] + [F.col("id").asc()]
 
 
-def cluster_metadata(docs: DataFrame, roots: DataFrame, params: DedupParams) -> DataFrame:
-    """Per document id: cluster_id, frequency metadata, cluster_rank and kept, from the slim columns only."""
-    slim = docs.select("id", "node", "snapshot", "domain", "crawl_time", "quality", F.length("text").alias("length"))
+def slim_columns() -> list:
+    """The columns cluster metadata needs, without the text."""
+    return [*ROW_KEY, "domain", "crawl_time", "quality", F.length("text").alias("length")]
+
+
+def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupParams) -> DataFrame:
+    """Per row key: cluster_id, frequency metadata, cluster_rank and kept (slim columns only, one row per id)."""
     clustered = slim.join(roots, "node", "left").withColumn("root", F.coalesce("root", "node"))
     # One exchange by root serves the statistics and all three windows below.
     clustered = clustered.repartition("root")
@@ -389,7 +388,7 @@ def cluster_metadata(docs: DataFrame, roots: DataFrame, params: DedupParams) -> 
     cluster_order = [(F.col("exact_rank") > 1).asc()] + order
     ranked = ranked.withColumn("cluster_rank", F.row_number().over(Window.partitionBy("root").orderBy(*cluster_order)))
     ranked = ranked.withColumn("kept", (F.col("exact_rank") == 1) & (F.col("cluster_rank") <= params.top_k))
-    per_doc = ranked.select("id", "root", "cluster_rank", "kept", "n_exact")
+    per_doc = ranked.select(*ROW_KEY, "root", "cluster_rank", "kept", "n_exact")
     return per_doc.join(stats, "root").drop("root")
 
 
@@ -420,25 +419,26 @@ def run_dedup(
     """Deduplicate `input_uri` into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
+    The input is read three times (signatures, slim metadata columns, final rows) rather than cached: re-reading
+    Parquet and re-hashing in the JVM costs less than materialising every text in memory.
     """
-    documents = normalise_documents(read_documents(spark, input_uri))
-    # Read, hash and check the input once; every later pass (signatures, metadata, output) reads this copy.
-    checked = with_row_problems(with_content_key(documents), params.max_doc_chars).persist(StorageLevel.MEMORY_AND_DISK)
-    hashable = checked.filter(F.col("quarantine_reason").isNull())
     started = time.perf_counter()
 
     def done(step: str) -> None:
         log(f"dedup: {step} ({time.perf_counter() - started:.1f} s)")
 
-    accepted, quarantined = split_quarantine(checked, repeated_id_rows(checked).localCheckpoint())
-    done("repeated ids found")
+    documents = normalise_documents(read_documents(spark, input_uri))
+    checked = with_row_problems(with_content_key(documents), params.max_doc_chars)
+    hashable = checked.filter(F.col("quarantine_reason").isNull()).drop("quarantine_reason")
 
-    signatures, fingerprints, reused = build_signatures(spark, hashable, params, previous)
+    signatures, _, reused = build_signatures(spark, hashable, params, previous)
     write_signatures(signatures, f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
-    write_deterministic_parquet(fingerprints, f"{output_uri}/signature_index", 1, ["snapshot"])
+    stored = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{output_uri}/signatures")
+    # Written from the stored signatures (one row per distinct text and snapshot): the same values the documents
+    # give, and the same file whether or not earlier signatures were reused.
+    write_deterministic_parquet(snapshot_fingerprints(stored, params), f"{output_uri}/signature_index", 1, ["snapshot"])
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
 
-    stored = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{output_uri}/signatures")
     edges = candidate_edges(stored, params)
     if params.verify_jaccard:
         # A text seen in several snapshots has one signature: keep one row per node.
@@ -446,16 +446,20 @@ def run_dedup(
     roots = connected_components(edges, log)
     done("connected components")
 
-    metadata = cluster_metadata(accepted, roots, params)
-    annotated = accepted.drop("node").join(metadata, "id")
+    ranked_ids = rank_repeated_ids(hashable.select(*slim_columns())).localCheckpoint()
+    metadata = cluster_metadata(ranked_ids.filter("id_rank = 1").drop("id_rank"), roots, params)
+    annotated = hashable.join(metadata, ROW_KEY).drop("node")
     write_deterministic_parquet(
         annotated.select(*output_columns(annotated)), f"{output_uri}/data", params.output_files,
         ["cluster_id", "cluster_rank"], partition_column="cluster_id",
     )  # fmt: skip
     done("documents written")
+    repeated = hashable.join(repeated_id_keys(ranked_ids), ROW_KEY, "left_semi")
+    quarantined = checked.filter(F.col("quarantine_reason").isNotNull()).unionByName(
+        repeated.withColumn("quarantine_reason", F.lit("duplicate_id"))
+    )
     write_deterministic_parquet(quarantined.drop("node"), f"{output_uri}/quarantine", 1, ["id", "quarantine_reason"])
     counts = dedup_counts(spark, output_uri, reused)
-    checked.unpersist()
     done("counted")
     return counts
 
