@@ -488,3 +488,29 @@ def cluster_size_histogram(spark: SparkSession, output_uri: str) -> list[tuple[i
     data = spark.read.parquet(f"{output_uri}/data").filter("cluster_rank = 1")
     rows = data.groupBy("cluster_size").count().orderBy("cluster_size").collect()
     return [(int(row.cluster_size), int(row["count"])) for row in rows]
+
+
+def params_from_config(cfg) -> DedupParams:
+    c = cfg.dedup
+    return DedupParams(
+        ngram=c.ngram, num_perm=c.num_perm, seed=c.seed, threshold=c.threshold, top_k=c.top_k,
+        verify_jaccard=c.verify_jaccard, rank_by=tuple(c.rank_by), output_files=c.output_files,
+        max_doc_chars=c.max_doc_chars,
+    )  # fmt: skip
+
+
+def documents_uri(uri: str) -> str:
+    """A committed stage artifact holds its documents under data/; anything else is read as given."""
+    from xgen_core.artifacts import is_committed
+    from xgen_core.storage import join
+
+    return join(uri, "data") if is_committed(uri) else uri
+
+
+def run(ctx) -> dict:
+    """The `dedup` stage: reads the ingest artifact (or --input), writes data/, quarantine/, signatures/."""
+    source = documents_uri(ctx.inputs["ingest"])
+    previous = ctx.cfg.dedup.reuse_signatures_from or None
+    counts = run_dedup(ctx.spark(), source, ctx.output, params_from_config(ctx.cfg), previous, ctx.log)
+    histogram = cluster_size_histogram(ctx.spark(), ctx.output)
+    return {"counts": counts, "metrics": {"cluster_size_histogram": histogram}}

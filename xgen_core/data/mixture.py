@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from xgen_core.data.sparkio import write_bytes, write_deterministic_parquet
+from xgen_core.data.sparkio import write_deterministic_parquet
+from xgen_core.storage import store_for
 from xgen_core.errors import XgenError
 
 MERGE_RULES = ("mixture", "mean", "max")
@@ -175,11 +176,11 @@ def run_mixture(
         manifest_rows = rows.select("id", "cluster_id", "repeats", "tokens", "kind", "source", "text")
         write_deterministic_parquet(manifest_rows, f"{output_uri}/stages/{stage.name}", params.output_files, ["id"])
         summary = stage_summary(spark, f"{output_uri}/stages/{stage.name}", stage, repeats, params)
-        write_bytes(spark, f"{output_uri}/stages/{stage.name}.json", json.dumps(summary, indent=2).encode())
+        write_file(f"{output_uri}/stages/{stage.name}.json", json.dumps(summary, indent=2).encode())
         summaries[stage.name] = summary
         log(f"mixture: {stage.name}: {summary['tokens']:,} tokens, pl share {summary['pl_share']:.2f}")
     shares = signal_shares(clusters, params)
-    write_bytes(spark, f"{output_uri}/signal_shares.json", json.dumps(shares, indent=2).encode())
+    write_file(f"{output_uri}/signal_shares.json", json.dumps(shares, indent=2).encode())
     counts = {"eligible_variants": variants.count(), "clusters": clusters.count()}
     counts.update({f"{name}_documents": s["documents"] for name, s in summaries.items()})
     return {"counts": counts, "metrics": {"stages": summaries, "signal_shares": shares}}
@@ -225,3 +226,25 @@ def signal_shares(clusters: DataFrame, params: MixtureParams) -> dict:
     sums = clusters.agg(*[F.sum(part / total * F.col("weight")).alias(name) for name, part in parts.items()]).first()
     grand = sum(sums) or 1.0
     return {name: sums[name] / grand for name in parts}
+
+
+def write_file(uri: str, data: bytes) -> None:
+    store_for(uri).write_bytes(uri, data)
+
+
+def params_from_config(cfg) -> MixtureParams:
+    c = cfg.mixture
+    signals = tuple(
+        SignalRule(s.name, s.kind, s.column, tuple(tuple(b) for b in s.buckets), s.tag_weight, s.share) for s in c.signals
+    )
+    stages = tuple(CurriculumStage(s.name, s.tokens, s.pl_share, s.min_quality_percentile) for s in c.stages)
+    return MixtureParams(signals, c.merge, stages, c.pl_tag, c.chars_per_token, c.seed, c.output_files)
+
+
+def run(ctx) -> dict:
+    """The `mixture` stage: curriculum manifests under stages/, then the data report with its plots under report/."""
+    from xgen_core.data import data_report
+
+    result = run_mixture(ctx.spark(), ctx.inputs["signals"], ctx.output, params_from_config(ctx.cfg), ctx.log)
+    data_report.write(ctx.spark(), ctx.inputs["signals"], ctx.output, result)
+    return result

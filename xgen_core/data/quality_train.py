@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from xgen_core.data import textclf
-from xgen_core.data.sparkio import write_bytes
+from xgen_core.storage import store_for
 from xgen_core.errors import XgenError
 
 
@@ -96,9 +96,27 @@ def run_quality_train(
     index, metrics = [], {}
     for spec in params.classifiers:
         model_bytes, spec_metrics = train_classifier(docs, spec, params)
-        write_bytes(spark, f"{output_uri}/models/{spec.name}.npz", model_bytes)
+        write_file(f"{output_uri}/models/{spec.name}.npz", model_bytes)
         index.append({"name": spec.name, "kind": spec.kind, "model": f"models/{spec.name}.npz"})
         metrics[spec.name] = spec_metrics
         log(f"quality_train: {spec.name} ({spec.kind}) held-out {json.dumps(spec_metrics)}")
-    write_bytes(spark, f"{output_uri}/classifiers.json", json.dumps(index, indent=2).encode())
+    write_file(f"{output_uri}/classifiers.json", json.dumps(index, indent=2).encode())
     return {"counts": {"classifiers": len(index)}, "metrics": metrics}
+
+
+def write_file(uri: str, data: bytes) -> None:
+    store_for(uri).write_bytes(uri, data)
+
+
+def params_from_config(cfg) -> QualityTrainParams:
+    c = cfg.quality_train
+    specs = tuple(
+        ClassifierSpec(x.name, x.kind, tuple(x.positive_sources), tuple(x.negative_sources)) for x in c.classifiers
+    )
+    settings = textclf.TrainSettings(c.dim, c.buckets, c.epochs, c.learning_rate, c.seed)
+    return QualityTrainParams(specs, c.max_docs_per_class, c.holdout_fraction, settings)
+
+
+def run(ctx) -> dict:
+    """The `quality_train` stage: one model per configured classifier under models/."""
+    return run_quality_train(ctx.spark(), ctx.inputs["dedup"], ctx.output, params_from_config(ctx.cfg), ctx.log)

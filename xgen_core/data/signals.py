@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.data import decontam, heuristics, textclf
-from xgen_core.data.sparkio import read_bytes, write_deterministic_parquet
+from xgen_core.data.sparkio import write_deterministic_parquet
+from xgen_core.storage import store_for
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class LoadedClassifier:
 
 
 def load_classifiers(spark: SparkSession, models_uri: str) -> list[LoadedClassifier]:
-    index = json.loads(read_bytes(spark, f"{models_uri}/classifiers.json"))
-    return [LoadedClassifier(e["name"], e["kind"], read_bytes(spark, f"{models_uri}/{e['model']}")) for e in index]
+    index = json.loads(read_file(f"{models_uri}/classifiers.json"))
+    return [LoadedClassifier(e["name"], e["kind"], read_file(f"{models_uri}/{e['model']}")) for e in index]
 
 
 def score_column(classifier: LoadedClassifier) -> str:
@@ -201,3 +202,23 @@ def score_summary(signalled: DataFrame, classifiers: list[LoadedClassifier]) -> 
         mean = passing.agg(F.mean(column)).first()[0]
         summary[column] = {"mean": float(mean or np.nan), "quartiles": [float(q) for q in quartiles]}
     return summary
+
+
+def read_file(uri: str) -> bytes:
+    return store_for(uri).read_bytes(uri)
+
+
+def params_from_config(cfg) -> SignalsParams:
+    c = cfg.signals
+    return SignalsParams(
+        heuristic_thresholds=dict(c.heuristics), domain_tag_threshold=c.domain_tag_threshold,
+        languages=tuple(c.languages), min_language_score=c.min_language_score, decontam_ngram=c.decontam_ngram,
+        eval_sets=tuple(c.eval_sets), output_files=c.output_files,
+    )  # fmt: skip
+
+
+def run(ctx) -> dict:
+    """The `signals` stage: dedup documents plus every signal field; quarantine/ holds what may not be trained on."""
+    return run_signals(
+        ctx.spark(), ctx.inputs["dedup"], ctx.inputs["quality_train"], ctx.output, params_from_config(ctx.cfg), ctx.log
+    )

@@ -88,23 +88,3 @@ def rename_parts(spark: SparkSession, uri: str) -> None:
             if file_path.toString() != target.toString():
                 fs.rename(file_path, target)
 
-
-def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
-    """Write a small file (a model, a JSON summary) through Hadoop's filesystem layer."""
-    fs, path = hadoop_fs(spark, uri)
-    stream = fs.create(path, True)
-    try:
-        stream.write(bytearray(data))
-    finally:
-        stream.close()
-
-
-def read_bytes(spark: SparkSession, uri: str) -> bytes:
-    fs, path = hadoop_fs(spark, uri)
-    if not fs.exists(path):
-        raise XgenError(f"{uri} does not exist")
-    stream = fs.open(path)
-    try:
-        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
