@@ -62,6 +62,7 @@ class IngestConfig(Section):
 
 
 class DedupConfig(Section):
+    inputs: list[str]
     ngram: int
     num_perm: int
     seed: int

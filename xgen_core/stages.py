@@ -91,6 +91,7 @@ STAGES: tuple[Stage, ...] = (
         backend="spark",
         resources="spark",
         description="Exact + MinHash-LSH clusters annotated, not dropped: top-k variants kept, frequency metadata",
+        external_inputs="dedup.inputs",
         flags=(
             Flag("--top-k", "dedup.top_k", int, "distinct variants kept per cluster"),
             Flag("--threshold", "dedup.threshold", float, "Jaccard threshold (LSH bands and edge check)"),

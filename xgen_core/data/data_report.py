@@ -44,7 +44,7 @@ def write(spark, signals_uri: str, output_uri: str, mixture_result: dict) -> str
         "funnel.png": funnel_plot(counts),
         "cluster_sizes.png": cluster_size_plot(histogram),
         "domain_mix.png": domain_mix_plot(stages),
-        "signal_shares.png": signal_share_plot(shares),
+        "signal_shares.png": signal_share_plot(shares, stages),
     }
     for name, png in plots.items():
         store_for(folder).write_bytes(join(folder, name), png)
@@ -67,8 +67,11 @@ def render(counts: dict, histogram: list, stages: dict, shares: dict, images: li
             f"| {name} | {s['tokens']:,} ({s['token_budget']:,}) | {s['pl_share']:.2f} ({s['pl_share_target']:.2f}) | "
             f"p{s['min_quality_percentile'] * 100:.0f} | {s['documents']:,} | {s['samples']:,} | {mix} |"
         )
-    lines += ["", "#### Signal shares of the merged sampling weight", "", "| signal | share |", "|---|---|"]
-    lines += [f"| {name} | {share:.1%} |" for name, share in shares.items()]
+    lines += ["", "#### Signal shares", "", "Each signal's part of the merged weight, over all clusters and over the tokens each stage draws.", ""]
+    lines += ["| signal | all clusters | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for name, share in shares.items():
+        per_stage = " | ".join(f"{s['signal_shares'].get(name, 0.0):.1%}" for s in stages.values())
+        lines.append(f"| {name} | {share:.1%} | {per_stage} |")
     lines += [""] + [f"![{image.removesuffix('.png')}]({image})" for image in images]
     return "\n".join(lines) + "\n"
 
@@ -138,10 +141,16 @@ def domain_mix_plot(stages: dict) -> bytes:
     return _png(figure)
 
 
-def signal_share_plot(shares: dict) -> bytes:
+def signal_share_plot(shares: dict, stages: dict) -> bytes:
     plt = _figure()
-    figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar(list(shares), list(shares.values()), color="#c4803a")
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    columns = {"all clusters": shares, **{name: s["signal_shares"] for name, s in stages.items()}}
+    width = 0.8 / len(columns)
+    for offset, (label, values) in enumerate(columns.items()):
+        positions = [i + offset * width for i in range(len(shares))]
+        axis.bar(positions, [values.get(name, 0.0) for name in shares], width=width, label=label)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shares))], list(shares))
+    axis.legend(fontsize=6)
     axis.set_ylabel("share of merged weight")
     axis.set_title("Signal shares")
     axis.tick_params(axis="x", labelrotation=20, labelsize=8)

@@ -410,13 +410,13 @@ def output_columns(df: DataFrame) -> list[str]:
 
 def run_dedup(
     spark: SparkSession,
-    input_uri: str,
+    input_uri: str | list[str],
     output_uri: str,
     params: DedupParams,
     previous: str | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Deduplicate `input_uri` into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
+    """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
     The input is read three times (signatures, slim metadata columns, final rows) rather than cached: re-reading
@@ -509,7 +509,7 @@ def documents_uri(uri: str) -> str:
 
 def run(ctx) -> dict:
     """The `dedup` stage: reads the ingest artifact (or --input), writes data/, quarantine/, signatures/."""
-    source = documents_uri(ctx.inputs["ingest"])
+    source = ctx.external_inputs or [documents_uri(ctx.inputs["ingest"])]
     previous = ctx.cfg.dedup.reuse_signatures_from or None
     counts = run_dedup(ctx.spark(), source, ctx.output, params_from_config(ctx.cfg), previous, ctx.log)
     histogram = cluster_size_histogram(ctx.spark(), ctx.output)

@@ -1,8 +1,8 @@
 """Gopher / C4 / FineWeb-style heuristic quality signals and the rules that turn them into pass / fail.
 
 `measure` returns the signal fields of one document; `first_failed_rule` names the first configured rule the
-document breaks (None when it passes). Prose rules (stop words, alphabetic words, terminal punctuation) are not
-applied to documents tagged as code: a Python file is not bad prose.
+document breaks (None when it passes). Prose rules (stop words, alphabetic words, terminal punctuation, ...) are not
+applied to documents carrying a domain tag: a Python file or a worked equation is not bad prose.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SIGNAL_FIELDS = (
     "h_duplicate_5gram_char_ratio", "h_terminal_punctuation_line_ratio", "h_lorem_ipsum", "h_curly_braces",
 )  # fmt: skip
 
-# rule name -> (signal field, "min" | "max", applies to code documents too)
+# rule name -> (signal field, "min" | "max", applies to domain-tagged (code, math) documents too)
 RULES = {
     "min_words": ("h_words", "min", True),
     "max_words": ("h_words", "max", True),
@@ -95,10 +95,13 @@ def duplicate_ngram_char_share(words: list[str], n: int) -> float:
     return duplicated / max(1, sum(len(w) for w in words))
 
 
-def first_failed_rule(signals: dict[str, float], thresholds: dict[str, float], is_code: bool) -> str | None:
+def first_failed_rule(signals: dict[str, float], thresholds: dict[str, float], domain_tagged: bool) -> str | None:
     """The first configured rule (in RULES order) the document breaks, or None."""
-    for rule, (field, direction, applies_to_code) in RULES.items():
-        if rule not in thresholds or (is_code and not applies_to_code):
+    unknown = set(thresholds) - set(RULES)
+    if unknown:
+        raise ValueError(f"unknown heuristic rule(s) {sorted(unknown)}; known: {list(RULES)}")
+    for rule, (field, direction, applies_to_tagged) in RULES.items():
+        if rule not in thresholds or (domain_tagged and not applies_to_tagged):
             continue
         value, limit = signals[field], thresholds[rule]
         if (direction == "min" and value < limit) or (direction == "max" and value > limit):

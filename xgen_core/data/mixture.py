@@ -210,22 +210,25 @@ def stage_summary(spark, manifest_uri: str, stage: CurriculumStage, repeats: Dat
         "samples": sum(r for _, r, _ in by_kind.values()),
         "clusters": repeats.filter("cluster_repeats > 0").count(),
         "tokens_by_source": dict(sorted(by_source.items(), key=lambda kv: str(kv[0]))),
+        "signal_shares": signal_shares(repeats, params, sampled_tokens=True),
         "seed": params.seed,
         "manifest": f"stages/{stage.name}",
     }
 
 
-def signal_shares(clusters: DataFrame, params: MixtureParams) -> dict:
-    """Each signal's share of the merged sampling mass: its normalised component, averaged by merged weight."""
+def signal_shares(clusters: DataFrame, params: MixtureParams, sampled_tokens: bool = False) -> dict:
+    """Each signal's share of the merged sampling mass: its part of every cluster's merged weight, summed over the
+    clusters by merged weight, or (sampled_tokens) by the tokens a curriculum stage actually draws from them."""
     if params.merge == "mixture":
         total_share = sum(rule.share for rule in params.signals)
         parts = {r.name: F.col(f"p_{r.name}") * (r.share / total_share) for r in params.signals}
     else:
         parts = {r.name: F.col(f"w_{r.name}") for r in params.signals}
     total = sum(parts.values(), F.lit(0.0))
-    sums = clusters.agg(*[F.sum(part / total * F.col("weight")).alias(name) for name, part in parts.items()]).first()
-    grand = sum(sums) or 1.0
-    return {name: sums[name] / grand for name in parts}
+    mass = F.col("cluster_repeats") * F.col("tokens") if sampled_tokens else F.col("weight")
+    sums = clusters.agg(*[F.sum(part / total * mass).alias(name) for name, part in parts.items()]).first()
+    grand = sum(v or 0.0 for v in sums) or 1.0
+    return {name: (sums[name] or 0.0) / grand for name in parts}
 
 
 def write_file(uri: str, data: bytes) -> None:

@@ -107,7 +107,7 @@ def signal_batches(
             ]
             columns["domain_tags"] = tags
             failed = [
-                heuristics.first_failed_rule(m, params.heuristic_thresholds, is_code="code" in t)
+                heuristics.first_failed_rule(m, params.heuristic_thresholds, domain_tagged=bool(t))
                 for m, t in zip(measured, tags)
             ]
             columns["heuristic_pass"] = [rule is None for rule in failed]

@@ -32,9 +32,11 @@ def list_data_files(spark: SparkSession, uri: str) -> list[str]:
     return sorted(names)
 
 
-def read_documents(spark: SparkSession, uri: str) -> DataFrame:
-    """A DataFrame of documents from JSONL (optionally gzipped) or Parquet, a file or a directory of them."""
-    files = list_data_files(spark, uri)
+def read_documents(spark: SparkSession, uris: str | list[str]) -> DataFrame:
+    """A DataFrame of documents from JSONL (optionally gzipped) or Parquet: files or directories of them."""
+    uris = [uris] if isinstance(uris, str) else list(uris)
+    uri = ", ".join(uris)
+    files = sorted(name for one in uris for name in list_data_files(spark, one))
     if not files:
         raise XgenError(f"input {uri} holds no data files")
     if all(name.endswith(".parquet") for name in files):
