@@ -67,21 +67,26 @@ def run_baseline(path: Path, threshold: float, num_perm: int, ngram: int) -> dic
     return {doc_id: find(doc_id) for doc_id in ids}
 
 
-def run_spark(path: Path, output: Path, cores: int, threshold: float, num_perm: int, ngram: int) -> dict[str, str]:
+def run_spark(
+    path: Path, output: Path, cores: int, threshold: float, num_perm: int, ngram: int, conf: list[str]
+) -> dict[str, str]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
     from xgen_core.data.dedup import DedupParams, run_dedup
 
-    spark = (
+    builder = (
         SparkSession.builder.master(f"local[{cores}]")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", str(2 * cores))
+        .config("spark.sql.shuffle.partitions", str(cores))
         .config("spark.driver.memory", "4g")
-        .getOrCreate()
     )
+    for item in conf:
+        key, _, value = item.partition("=")
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     params = DedupParams(
         ngram=ngram, num_perm=num_perm, seed=1, threshold=threshold, top_k=3, verify_jaccard=True,
@@ -118,13 +123,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=".bench/dedup")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     docs = generate(args.docs, seed=args.seed)
     input_path = workdir / f"neardup-{args.docs}-{args.seed}.parquet"
-    write_input(docs, input_path)
+    if not input_path.exists():
+        write_input(docs, input_path)
     print(f"input: {input_path} ({len(docs)} docs, {len({d.true_cluster for d in docs})} true clusters)")
 
     results = []
@@ -136,7 +143,7 @@ def main() -> None:
     output = workdir / "spark-out"
     shutil.rmtree(output, ignore_errors=True)
     start = time.perf_counter()
-    labels = run_spark(input_path, output, args.cores, args.threshold, args.num_perm, args.ngram)
+    labels = run_spark(input_path, output, args.cores, args.threshold, args.num_perm, args.ngram, args.conf)
     results.append(report(f"spark-local[{args.cores}]", labels, docs, time.perf_counter() - start))
     if len(results) == 2:
         print(f"speed-up spark / datasketch: {results[1]['docs_per_s'] / results[0]['docs_per_s']:.2f}x")

@@ -64,7 +64,7 @@ class TextClassifier:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, embeddings=self.embeddings, weights=self.weights, bias=np.float32(self.bias))
+        np.savez_compressed(buffer, embeddings=self.embeddings, weights=self.weights, bias=np.float64(self.bias))
         return buffer.getvalue()
 
     @classmethod
