@@ -61,6 +61,74 @@ class IngestConfig(Section):
     default_snapshot: str
 
 
+class DedupConfig(Section):
+    inputs: list[str]
+    ngram: int
+    num_perm: int
+    seed: int
+    threshold: float
+    top_k: int
+    verify_jaccard: bool
+    rank_by: list[Literal["quality", "recency", "length"]]
+    output_files: int
+    max_doc_chars: int
+    reuse_signatures_from: str
+
+
+class ClassifierConfig(Section):
+    name: str
+    kind: Literal["quality", "domain"]
+    positive_sources: list[str]
+    negative_sources: list[str]
+
+
+class QualityTrainConfig(Section):
+    classifiers: list[ClassifierConfig]
+    max_docs_per_class: int
+    holdout_fraction: float
+    dim: int
+    buckets: int
+    epochs: int
+    learning_rate: float
+    seed: int
+
+
+class SignalsConfig(Section):
+    heuristics: dict[str, float]
+    domain_tag_threshold: float
+    languages: list[str]
+    min_language_score: float
+    decontam_ngram: int
+    eval_sets: list[Literal["humaneval", "math_eval", "long_context"]]
+    output_files: int
+
+
+class SignalRuleConfig(Section):
+    name: str
+    kind: Literal["percentile", "tag", "buckets"]
+    column: str
+    buckets: list[tuple[float, float]]
+    tag_weight: float
+    share: float
+
+
+class CurriculumStageConfig(Section):
+    name: str
+    tokens: int
+    pl_share: float
+    min_quality_percentile: float
+
+
+class MixtureConfig(Section):
+    signals: list[SignalRuleConfig]
+    merge: Literal["mixture", "mean", "max"]
+    stages: list[CurriculumStageConfig]
+    pl_tag: str
+    chars_per_token: float
+    seed: int
+    output_files: int
+
+
 class XgenConfig(Section):
     profile: str
     root: str
@@ -70,6 +138,10 @@ class XgenConfig(Section):
     orchestration: OrchestrationConfig
     sample_corpus: SampleCorpusConfig
     ingest: IngestConfig
+    dedup: DedupConfig
+    quality_train: QualityTrainConfig
+    signals: SignalsConfig
+    mixture: MixtureConfig
 
     def section(self, dotted: str) -> Any:
         value: Any = self
