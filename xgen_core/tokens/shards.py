@@ -57,7 +57,8 @@ def pack_stage(tokenizer: Tokenizer, special_ids: dict, texts: Iterable[str], st
 
     def counted(rows):
         for row in rows:
-            unigram_counts += np.bincount(row["tokens"][row["segment_ids"] > 0], minlength=len(unigram_counts))
+            real_tokens = row["tokens"][row["segment_ids"] > 0]
+            np.add(unigram_counts, np.bincount(real_tokens, minlength=len(unigram_counts)), out=unigram_counts)
             yield row
 
     train_texts = split_heldout(texts, heldout_fraction, heldout_texts)

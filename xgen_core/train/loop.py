@@ -27,7 +27,9 @@ from xgen_core.train.checkpoint import Checkpointer
 from xgen_core.train.metrics import LossSpikeAlarm, MetricsWriter, device_peak_flops
 from xgen_core.train.optimizer import make_optimizer
 from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule
-from xgen_core.train.step import device_batch, init_state, make_eval_step, make_train_step, state_shardings
+from xgen_core.train.step import (
+    abstract_state, device_batch, init_state, make_eval_step, make_train_step, state_shardings,
+)
 
 STAGES_FILE = "stages.json"
 UNIGRAM_FILE = "unigram_counts.npy"
@@ -133,8 +135,11 @@ class Evaluator:
 
 
 def pretrain(pack_dir: str, out_dir: str, model_options: ModelOptions, options: TrainOptions,
-             vocab_size: int, max_steps: int | None = None, log=print) -> dict:
-    """Train (or resume) up to the end of the curriculum, or to step `max_steps` if that comes first."""
+             vocab_size: int, max_steps: int | None = None, log=print, on_step=None) -> dict:
+    """Train (or resume) up to the end of the curriculum, or to step `max_steps` if that comes first.
+
+    `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
+    """
     mesh_lib.maybe_initialize_distributed(options.mesh.distributed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,8 @@ def pretrain(pack_dir: str, out_dir: str, model_options: ModelOptions, options: 
         if (step + 1) % options.eval_every == 0 or step + 1 == last_step:
             heldout_loss = record["heldout_loss"] = evaluator.loss(state.params)
         writer.write(record)
+        if on_step:
+            on_step(record)
         if (step + 1) % options.checkpoint_every == 0 or step + 1 == last_step:
             checkpointer.save(step + 1, state, loader.get_state(), {"alarm": alarm.get_state()})
     checkpointer.close()
@@ -230,7 +237,7 @@ def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader,
     latest = checkpointer.latest_step()
     if latest is None:
         return init_state(model, tx, mesh, shardings, options.seed), 0
-    state_like = jax.eval_shape(lambda: init_state(model, tx, mesh, shardings, options.seed))
+    state_like = abstract_state(model, tx)
     state, data_state, meta = checkpointer.restore(latest, state_like, shardings)
     loader.set_state(data_state)
     alarm.set_state(meta["alarm"])

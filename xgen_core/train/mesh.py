@@ -59,10 +59,12 @@ def mesh_shape(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[in
     return tuple(shape)
 
 
-def make_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.Mesh:
-    # Auto axes: the compiler propagates shardings from the annotated inputs and the logical constraints.
-    shape = mesh_shape(data, fsdp, tensor, jax.device_count())
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> jax.sharding.Mesh:
+    """Mesh over `devices` (default: all). Auto axes: the compiler propagates shardings from the annotated
+    inputs and the logical constraints (Explicit axes would turn every constraint into an assertion)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 def logical_shardings(boxed_tree, mesh):

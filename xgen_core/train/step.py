@@ -53,7 +53,7 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, ex
     return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
 
 
-def init_state(model: nn.Module, tx, mesh, shardings: TrainState, seed: int) -> TrainState:
+def _init_fn(model: nn.Module, tx):
     def init(seed_array):
         rng = jax.random.PRNGKey(seed_array)
         init_rng, state_rng = jax.random.split(rng)
@@ -61,8 +61,17 @@ def init_state(model: nn.Module, tx, mesh, shardings: TrainState, seed: int) -> 
         params = nn.unbox(model.init(init_rng, tokens, tokens, tokens))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
 
+    return init
+
+
+def init_state(model: nn.Module, tx, mesh, shardings: TrainState, seed: int) -> TrainState:
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
-        return jax.jit(init, out_shardings=shardings)(jnp.asarray(seed, jnp.uint32))
+        return jax.jit(_init_fn(model, tx), out_shardings=shardings)(jnp.asarray(seed, jnp.uint32))
+
+
+def abstract_state(model: nn.Module, tx) -> TrainState:
+    """Shapes and dtypes of the TrainState, allocating nothing (the target of a checkpoint restore)."""
+    return jax.eval_shape(_init_fn(model, tx), jnp.zeros((), jnp.uint32))
 
 
 def make_train_step(model: nn.Module, tx, schedule, mesh, shardings: TrainState):
@@ -89,7 +98,7 @@ def make_train_step(model: nn.Module, tx, schedule, mesh, shardings: TrainState)
         )
         metrics = {
             "loss": loss_sum / denominator,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
             "target_tokens": token_count,
         }
