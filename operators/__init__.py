@@ -1,0 +1,1 @@
+"""Airflow operators: where a stage's entrypoint runs. No stage logic lives here."""

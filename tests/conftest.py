@@ -1,0 +1,66 @@
+"""Shared fixtures: small configs rooted in a temp dir, a GCS emulator on 127.0.0.1, a Spark session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+SMALL_CORPUS = [
+    "sample_corpus.code_docs=12",
+    "sample_corpus.prose_docs=12",
+    "sample_corpus.math_docs=12",
+    "sample_corpus.web_docs=10",
+]
+
+
+@pytest.fixture
+def small_config(tmp_path):
+    """load_config('tiny') with root in a temp dir and a sample corpus small enough to build in a second."""
+    from xgen_core.config import load_config
+
+    def make(*overrides: str, root: str | None = None):
+        return load_config("tiny", [f"root={root or tmp_path / 'artifacts'}", *SMALL_CORPUS, *overrides])
+
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A gcp-storage-emulator server on loopback, with bucket `xgen-test`; yields its gs:// base URI."""
+    from gcp_storage_emulator.server import create_server
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="xgen-test")
+    server.start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    try:
+        yield "gs://xgen-test"
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from xgen_core.config import load_config
+    from xgen_core.data.spark import get_spark
+
+    session = get_spark(load_config("tiny").spark)
+    yield session
+    session.stop()

@@ -1,0 +1,190 @@
+"""The `xgen` command. Groups data / train / eval / model / pipeline; one command per stage, from the stage table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from xgen_core.errors import XgenError
+from xgen_core.stages import STAGES, Stage, new_run_id
+
+GROUPS = {
+    "data": "curation stages (Spark): sample corpus, ingest, dedup, signals, mixtures",
+    "train": "training stages (JAX): tokenizer, packing, pretraining, length extension, post-training",
+    "eval": "evaluation stages: long context, code, math",
+    "model": "model tools: presets, parameter counts, export",
+    "pipeline": "whole runs: run every stage in order, the run report, the stage table",
+    "config": "the resolved configuration of a profile",
+}
+
+# Commands that are not stages: (group, name) -> (help, add_arguments, handler). Later modules register here.
+EXTRA_COMMANDS: dict[tuple[str, str], tuple[str, Callable, Callable]] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    _configure_logging(getattr(args, "verbose", False))
+    if not getattr(args, "handler", None):
+        parser.parse_args([*(sys.argv[1:] if argv is None else argv), "--help"])
+    try:
+        args.handler(args)
+    except XgenError as exc:
+        _fail(args, f"error: {exc}", 2)
+    except KeyboardInterrupt:
+        _fail(args, "interrupted", 130)
+    except Exception as exc:  # a bug or an environment problem: one line unless --debug
+        first_line = (str(exc).strip().splitlines() or [""])[0][:500]
+        _fail(args, f"error: {type(exc).__name__}: {first_line} (run with --debug for the traceback)", 1)
+
+
+def _fail(args, message: str, code: int) -> None:
+    if getattr(args, "debug", False):
+        raise
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xgen", description="xgen-pipeline: raw crawl to an evaluated model.")
+    _add_global_flags(parser)
+    groups = parser.add_subparsers(title="groups", metavar="GROUP")
+    group_parsers = {}
+    for group, help_text in GROUPS.items():
+        group_parser = groups.add_parser(group, help=help_text, description=help_text)
+        _add_global_flags(group_parser)
+        group_parsers[group] = group_parser.add_subparsers(title="commands", metavar="COMMAND")
+    for stage in STAGES:
+        _add_stage_command(group_parsers[stage.group], stage)
+    _add_builtin_commands(group_parsers)
+    for (group, name), (help_text, add_arguments, handler) in EXTRA_COMMANDS.items():
+        command = group_parsers[group].add_parser(name, help=help_text, description=help_text)
+        _add_global_flags(command)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more logging")
+    # SUPPRESS and no defaults: a flag given at any level survives the sub-parsers (read with getattr).
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="tiny", help="config profile from configs/ (default: tiny)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=7")
+
+
+def _add_stage_command(group_parser, stage: Stage) -> None:
+    command = group_parser.add_parser(stage.command, help=stage.description, description=stage.description)
+    if stage.command != stage.name:
+        group_parser._name_parser_map[stage.name] = command  # the table's own name works too
+    _add_global_flags(command)
+    add_config_arguments(command)
+    command.add_argument("--root", help="artifact root (overrides config `root`)")
+    command.add_argument("--run-id", help="run to record this stage in (default: a new one)")
+    if stage.upstream or stage.external_inputs:
+        command.add_argument("--input", action="append", metavar="URI", help="read this instead of the upstream artifact")
+    if not stage.run_scoped:
+        command.add_argument("--output", "--out", dest="output", metavar="URI", help="write exactly here")
+    for flag in stage.flags:
+        command.add_argument(flag.name, type=flag.type, help=f"{flag.help} (config {flag.key})")
+    command.set_defaults(handler=lambda args: _run_stage_command(stage, args))
+
+
+def _run_stage_command(stage: Stage, args) -> None:
+    from xgen_core.config import load_config
+    from xgen_core.stages import run_stage
+
+    overrides = list(args.overrides)
+    if args.root:
+        overrides.append(f"root={args.root}")
+    for flag in stage.flags:
+        value = getattr(args, flag.name.lstrip("-").replace("-", "_"))
+        if value is not None:
+            overrides.append(f"{flag.key}={value}")
+    cfg = load_config(args.profile, overrides)
+    outcome = run_stage(
+        cfg,
+        stage.name,
+        args.run_id or new_run_id("cli"),
+        explicit_inputs=getattr(args, "input", None),
+        output=getattr(args, "output", None),
+    )
+    state = "reused" if outcome.reused else "built"
+    print(f"{stage.name}: {state} {outcome.uri}")
+
+
+def _add_builtin_commands(group_parsers) -> None:
+    show = group_parsers["config"].add_parser("show", help="print the fully resolved config, every stage included")
+    _config_show_arguments(show)
+    run = group_parsers["pipeline"].add_parser("run", help="run every stage in order, then the report")
+    _add_global_flags(run)
+    add_config_arguments(run)
+    run.add_argument("--root", help="artifact root (overrides config `root`)")
+    run.add_argument("--run-id", help="run id (default: a new one)")
+    run.add_argument("--until", help="stop after this stage")
+    run.set_defaults(handler=_run_pipeline_command)
+    table = group_parsers["pipeline"].add_parser("stages", help="print the stage table")
+    _add_global_flags(table)
+    table.add_argument("--json", action="store_true")
+    table.set_defaults(handler=_stages_command)
+
+
+def _config_show_arguments(parser) -> None:
+    _add_global_flags(parser)
+    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    parser.set_defaults(handler=_config_show_command)
+
+
+def _config_show_command(args) -> None:
+    import yaml
+
+    from xgen_core.config import load_config
+
+    cfg = load_config(args.profile, args.overrides).model_dump(mode="json")
+    print(json.dumps(cfg, indent=2) if args.json else yaml.safe_dump(cfg, sort_keys=False), end="" if not args.json else "\n")
+
+
+def _run_pipeline_command(args) -> None:
+    from xgen_core.config import load_config
+    from xgen_core.stages import run_pipeline
+
+    overrides = list(args.overrides) + ([f"root={args.root}"] if args.root else [])
+    cfg = load_config(args.profile, overrides)
+    outcomes = run_pipeline(cfg, args.run_id or new_run_id("cli"), until=args.until)
+    for outcome in outcomes:
+        print(f"{outcome.stage:<16} {'reused' if outcome.reused else 'built':<7} {outcome.uri}")
+
+
+def _stages_command(args) -> None:
+    rows = [
+        {"name": s.name, "group": s.group, "backend": s.backend, "upstream": list(s.upstream),
+         "entrypoint": s.entrypoint_module, "function": s.fn}
+        for s in STAGES
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(f"{row['name']:<16} {row['group']:<9} {row['backend']:<7} {row['entrypoint']:<26} <- {', '.join(row['upstream']) or '-'}")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "jax", "absl", "urllib3", "google"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    main()

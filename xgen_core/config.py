@@ -1,0 +1,190 @@
+"""Typed pipeline config: configs/base.yaml holds every default, a profile overrides, `key=value` overrides last.
+
+Every section forbids unknown keys, so a typo fails at load with the key's path and the keys allowed there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from xgen_core.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+BASE_PROFILE = "base"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(Section):
+    master: str
+    app_name: str
+    driver_memory: str
+    shuffle_partitions: int
+    conf: dict[str, str | int | float | bool]
+
+
+class StorageConfig(Section):
+    lease_ttl_s: float
+    heartbeat_s: float
+
+
+class OrchestrationConfig(Section):
+    backend: Literal["local"]
+    python: str
+
+
+class SampleCorpusConfig(Section):
+    seed: int
+    snapshots: list[str]
+    code_docs: int
+    prose_docs: int
+    math_docs: int
+    web_docs: int
+    near_duplicate_rate: float
+    wet_fraction: float
+
+
+class IngestConfig(Section):
+    inputs: list[str]
+    max_bad_fraction: float
+    max_text_chars: int
+    language_model: str
+    language_chars: int
+    default_snapshot: str
+
+
+class XgenConfig(Section):
+    profile: str
+    root: str
+    seed: int
+    spark: SparkConfig
+    storage: StorageConfig
+    orchestration: OrchestrationConfig
+    sample_corpus: SampleCorpusConfig
+    ingest: IngestConfig
+
+    def section(self, dotted: str) -> Any:
+        value: Any = self
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+    def section_dump(self, dotted: str) -> Any:
+        value = self.section(dotted)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != BASE_PROFILE)
+
+
+def load_config(profile: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> XgenConfig:
+    """base.yaml <- configs/{profile}.yaml <- overrides ("a.b=c", value parsed as YAML)."""
+    if profile not in available_profiles():
+        raise ConfigError(f"unknown profile {profile!r}; available: {', '.join(available_profiles())}")
+    tree = _read_yaml(CONFIG_DIR / f"{BASE_PROFILE}.yaml")
+    _merge(tree, _read_yaml(CONFIG_DIR / f"{profile}.yaml"))
+    tree["profile"] = profile
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    return validate_config(tree)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def validate_config(tree: dict) -> XgenConfig:
+    try:
+        return XgenConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def config_to_json(cfg: XgenConfig) -> str:
+    return json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: top level must be a mapping")
+    return data
+
+
+def _merge(base: dict, update: dict, model: type[BaseModel] = None, path: str = "") -> None:
+    model = model or XgenConfig
+    for key, value in update.items():
+        sub_model = _field_model(model, key, path)
+        if sub_model is not None and isinstance(value, dict):
+            _merge(base.setdefault(key, {}), value, sub_model, f"{path}{key}.")
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node, model = tree, XgenConfig
+    for depth, part in enumerate(parts[:-1]):
+        sub_model = _field_model(model, part, ".".join(parts[:depth]))
+        if sub_model is None:
+            if _is_free_map(model, part):  # keys of a free map may hold dots: spark.conf.spark.executor.memory
+                node.setdefault(part, {})[".".join(parts[depth + 1 :])] = value
+                return
+            raise ConfigError(f"config key {'.'.join(parts[: depth + 1])!r} is a value, not a section")
+        node, model = node.setdefault(part, {}), sub_model
+    _field_model(model, parts[-1], ".".join(parts[:-1]))
+    node[parts[-1]] = value
+
+
+def _field_model(model: type[BaseModel], key: str, path: str) -> type[BaseModel] | None:
+    """The section class behind `key`, None for a plain value; unknown keys fail with the allowed ones."""
+    field = model.model_fields.get(key)
+    if field is None:
+        where = f"{path}.{key}" if path else key
+        raise ConfigError(f"unknown config key {where!r}; allowed here: {', '.join(model.model_fields)}")
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _is_free_map(model: type[BaseModel], key: str) -> bool:
+    return getattr(model.model_fields[key].annotation, "__origin__", None) is dict
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown config key {key!r}; allowed here: {_allowed_at(err['loc'][:-1])}")
+        elif err["type"] == "missing":
+            problems.append(f"config key {key!r} is missing (base.yaml must define every key)")
+        else:
+            problems.append(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(problems)
+
+
+def _allowed_at(loc: tuple) -> str:
+    model: Any = XgenConfig
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return ", ".join(model.model_fields)

@@ -1,0 +1,1 @@
+"""Spark curation jobs and the pure functions they map over record batches."""

@@ -1,0 +1,158 @@
+"""Ingest: crawl files (JSONL, Parquet, WET) into the raw-prepared Parquet layer (paper section 2.1).
+
+Spark distributes input files over executors; each file is streamed through a reader, every record comes out
+either normalised (`data/`) or quarantined with its reason (`quarantine/`). The stage fails, uncommitted, only
+when the quarantined share exceeds `ingest.max_bad_fraction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from xgen_core.config import IngestConfig
+from xgen_core.data.normalize import (
+    content_hash,
+    default_language_model,
+    identify_language,
+    normalize_text,
+    parse_time,
+    registered_domain,
+    stable_doc_id,
+)
+from xgen_core.data.readers import BadRecord, RawRecord, input_kind, is_data_file, read_file
+from xgen_core.errors import InputError
+from xgen_core.storage import iter_files, join, normalize_uri
+
+DATA_DIR = "data"
+QUARANTINE_DIR = "quarantine"
+
+COLUMNS = (
+    ("doc_id", "string"),
+    ("text", "string"),
+    ("url", "string"),
+    ("domain", "string"),
+    ("snapshot", "string"),
+    ("crawl_time", "timestamp"),
+    ("language", "string"),
+    ("language_score", "double"),
+    ("content_hash", "string"),
+    ("source", "string"),
+    ("source_id", "string"),
+    ("input_file", "string"),
+    ("ordinal", "long"),
+    ("reason", "string"),
+    ("raw", "string"),
+)
+GOOD_COLUMNS = [name for name, _ in COLUMNS[:11]]
+QUARANTINE_COLUMNS = ["input_file", "ordinal", "reason", "raw"]
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str
+    name: str  # relative to the input root it was found under: what doc ids are built from
+
+
+def run(ctx) -> dict:
+    roots = ctx.external_inputs or [ctx.inputs["sample_corpus"]]
+    files = list_input_files(roots)
+    ctx.log(f"{len(files)} input files under {', '.join(roots)}")
+    counts = ingest(ctx.spark(), files, ctx.output, ctx.cfg.ingest)
+    ctx.log(f"{counts['records_good']} records kept, {counts['records_quarantined']} quarantined")
+    return {"counts": counts}
+
+
+def list_input_files(roots: list[str]) -> list[InputFile]:
+    files = []
+    for root in roots:
+        root_uri = normalize_uri(root)
+        for info in iter_files([root_uri]):
+            if not is_data_file(info.uri):
+                continue
+            name = info.uri[len(root_uri) :].lstrip("/") or info.uri.rsplit("/", 1)[-1]
+            files.append(InputFile(info.uri, name))
+    return files
+
+
+def ingest(spark, files: list[InputFile], output: str, cfg: IngestConfig) -> dict:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    language_model = cfg.language_model or default_language_model()
+    rows = spark.sparkContext.parallelize(files, max(1, len(files))).flatMap(
+        lambda f: prepare_file(f, cfg, language_model)
+    )
+    df = spark.createDataFrame(rows, schema=", ".join(f"{n} {t}" for n, t in COLUMNS))
+    df = df.persist(StorageLevel.DISK_ONLY)  # parse once, write twice
+    try:
+        df.where(F.col("reason").isNull()).select(*GOOD_COLUMNS).write.parquet(join(output, DATA_DIR))
+        df.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS).write.parquet(join(output, QUARANTINE_DIR))
+        by_reason = {r["reason"] or "good": r["count"] for r in df.groupBy("reason").count().collect()}
+    finally:
+        df.unpersist()
+    counts = summarize(by_reason, len(files))
+    check_bad_fraction(counts, cfg.max_bad_fraction)
+    return counts
+
+
+def summarize(by_reason: dict[str, int], n_files: int) -> dict:
+    good = by_reason.pop("good", 0)
+    bad = sum(by_reason.values())
+    counts = {"input_files": n_files, "records_in": good + bad, "records_good": good, "records_quarantined": bad}
+    counts.update({f"quarantined_{reason}": n for reason, n in sorted(by_reason.items())})
+    return counts
+
+
+def check_bad_fraction(counts: dict, limit: float) -> None:
+    total = counts["records_in"]
+    bad = counts["records_quarantined"]
+    if total and bad / total > limit:
+        reasons = ", ".join(f"{k.removeprefix('quarantined_')}={v}" for k, v in counts.items() if k.startswith("quarantined_"))
+        raise InputError(
+            f"ingest: {bad} of {total} records ({bad / total:.1%}) are malformed, above ingest.max_bad_fraction="
+            f"{limit:.1%} ({reasons}); nothing was committed"
+        )
+
+
+def prepare_file(file: InputFile, cfg: IngestConfig, language_model: str) -> Iterator[tuple]:
+    """Runs on an executor: one input file to output rows (good rows have reason None)."""
+    source_kind = input_kind(file.uri) or "unknown"
+    for record in read_file(file.uri):
+        if isinstance(record, BadRecord):
+            yield quarantine_row(file, record.ordinal, record.reason, record.raw)
+            continue
+        yield prepare_record(file, record, cfg, language_model, source_kind)
+
+
+def prepare_record(file: InputFile, record: RawRecord, cfg: IngestConfig, language_model: str, source_kind: str) -> tuple:
+    text = normalize_text(record.text)
+    if not text:
+        return quarantine_row(file, record.ordinal, "empty_text", record.text[:200])
+    if len(text) > cfg.max_text_chars:
+        return quarantine_row(file, record.ordinal, "too_large", text[:200])
+    crawl_time = parse_time(record.crawl_time)
+    if record.crawl_time and crawl_time is None:
+        return quarantine_row(file, record.ordinal, "bad_crawl_time", record.crawl_time[:200])
+    language, score = identify_language(text, language_model, cfg.language_chars)
+    return (
+        stable_doc_id(file.name, record.ordinal),
+        text,
+        record.url,
+        registered_domain(record.url),
+        record.snapshot or cfg.default_snapshot,
+        crawl_time,
+        language,
+        score,
+        content_hash(text),
+        record.source or source_kind,
+        record.source_id,
+        file.name,
+        record.ordinal,
+        None,
+        None,
+    )
+
+
+def quarantine_row(file: InputFile, ordinal: int, reason: str, raw: str) -> tuple:
+    return (None,) * 11 + (file.name, ordinal, reason, raw)

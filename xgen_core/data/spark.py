@@ -1,0 +1,31 @@
+"""One way to get a SparkSession: local[*] here, the cluster's master under spark-submit or on Dataproc."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from xgen_core.config import SparkConfig
+
+
+def get_spark(cfg: SparkConfig):
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    conf = SparkConf()
+    if not conf.contains("spark.master"):  # spark-submit's --master wins over the config
+        conf.setMaster(cfg.master)
+    conf.setAppName(cfg.app_name)
+    conf.set("spark.driver.memory", cfg.driver_memory)
+    conf.set("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+    conf.set("spark.sql.session.timeZone", "UTC")
+    conf.set("spark.ui.showConsoleProgress", "false")
+    conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    for key, value in cfg.conf.items():
+        conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
+    spark = SparkSession.builder.config(conf=conf).getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

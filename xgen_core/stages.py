@@ -1,0 +1,339 @@
+"""The stage table, and run_stage(): resolve versions, take the lease, call the stage function, commit.
+
+Every other place that needs the list of stages (CLI, entrypoints, operators, DAGs, report) reads STAGES.
+Adding a stage = one library function + one row here + one entrypoint file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from xgen_core import artifacts
+from xgen_core.config import XgenConfig
+from xgen_core.errors import XgenError
+from xgen_core.storage import iter_files, join, normalize_uri, store_for
+
+log = logging.getLogger("xgen")
+
+LEASE_POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A stage command-line flag that is a shorthand for one config override."""
+
+    name: str
+    key: str
+    type: Callable[[str], Any]
+    help: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    group: str  # data | train | eval | model | pipeline: the CLI group and the entrypoint folder
+    fn: str  # "module:function", imported only when the stage runs
+    upstream: tuple[str, ...]
+    config_sections: tuple[str, ...]  # config that decides the output, hashed into the version
+    backend: str  # spark | jax | python
+    resources: str  # what one run needs at paper scale, read by the operators
+    description: str
+    code_version: int = 1  # bump when the function's output changes for the same config and inputs
+    external_inputs: str | None = None  # config key listing input URIs that, when set, replace the upstream
+    flags: tuple[Flag, ...] = ()
+    run_scoped: bool = False  # writes into runs/{run_id}/ instead of a versioned artifact
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def entrypoint_module(self) -> str:
+        return f"{'data' if self.group == 'data' else 'train'}_jobs.{self.name}"
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="sample_corpus",
+        group="data",
+        fn="xgen_core.data.sample_corpus:run",
+        upstream=(),
+        config_sections=("sample_corpus",),
+        backend="python",
+        resources="cpu",
+        description="Deterministic multi-domain corpus dressed as web crawl output (JSONL + one WET file)",
+    ),
+    Stage(
+        name="ingest",
+        group="data",
+        fn="xgen_core.data.ingest:run",
+        upstream=("sample_corpus",),
+        config_sections=("ingest",),
+        backend="spark",
+        resources="spark",
+        description="JSONL / Parquet / WET into the raw-prepared Parquet layer; malformed records quarantined",
+        external_inputs="ingest.inputs",
+        flags=(Flag("--max-bad-fraction", "ingest.max_bad_fraction", float, "quarantine share that fails the stage"),),
+    ),
+    Stage(
+        name="report",
+        group="pipeline",
+        fn="xgen_core.report:run",
+        upstream=(),
+        config_sections=(),
+        backend="python",
+        resources="cpu",
+        description="One page for the run: what each stage produced, reused or quarantined",
+        run_scoped=True,
+    ),
+)
+
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        return STAGE_BY_NAME[name.replace("-", "_")]
+    except KeyError:
+        raise XgenError(f"unknown stage {name!r}; stages: {', '.join(STAGE_BY_NAME)}") from None
+
+
+def pipeline_order(until: str | None = None) -> list[Stage]:
+    """Artifact stages in dependency order (the table is written in that order; this checks it)."""
+    seen: set[str] = set()
+    ordered = []
+    for stage in STAGES:
+        missing = [u for u in stage.upstream if u not in seen]
+        if missing:
+            raise AssertionError(f"stage table order: {stage.name} comes before its upstream {missing}")
+        seen.add(stage.name)
+        if not stage.run_scoped:
+            ordered.append(stage)
+        if stage.name == until:
+            break
+    return ordered
+
+
+@dataclass
+class StageContext:
+    name: str
+    cfg: XgenConfig
+    inputs: dict[str, str]
+    external_inputs: list[str]
+    output: str
+    run_id: str
+    _spark: Any = None
+
+    def spark(self):
+        if self._spark is None:
+            from xgen_core.data.spark import get_spark
+
+            self._spark = get_spark(self.cfg.spark)
+        return self._spark
+
+    def log(self, message: str) -> None:
+        log.info("[%s] %s", self.name, message)
+
+
+@dataclass
+class Resolved:
+    stage: Stage
+    version: str
+    uri: str
+    inputs: dict[str, str]
+    external_inputs: list[str]
+    input_ids: dict[str, str] = field(default_factory=dict)
+
+
+def resolve(cfg: XgenConfig, name: str, explicit_inputs: list[str] | None = None, output: str | None = None) -> Resolved:
+    """Version and location of a stage's artifact, computed from config and the upstream versions alone."""
+    stage = get_stage(name)
+    inputs: dict[str, str] = {}
+    input_ids: dict[str, str] = {}
+    external = list(explicit_inputs or []) if stage.external_inputs else []
+    if not external and stage.external_inputs:
+        external = list(cfg.section(stage.external_inputs))
+    if external:
+        files = list(iter_files(external))
+        if not files:
+            raise XgenError(f"{stage.name}: no input files found under {', '.join(external)}")
+        input_ids["external"] = artifacts.listing_digest(files)
+    elif explicit_inputs:
+        if not stage.upstream:
+            raise XgenError(f"{stage.name} takes no --input")
+        uri = normalize_uri(explicit_inputs[0])
+        inputs[stage.upstream[0]] = uri
+        input_ids[stage.upstream[0]] = artifacts.listing_digest(list(iter_files([uri])))
+    else:
+        for upstream in stage.upstream:
+            up = resolve(cfg, upstream)
+            inputs[upstream] = up.uri
+            input_ids[upstream] = up.version
+    config = {section: cfg.section_dump(section) for section in stage.config_sections}
+    version = artifacts.stage_version(stage.name, stage.code_version, config, input_ids)
+    uri = normalize_uri(output) if output else artifacts.artifact_uri(cfg.root, stage.name, version)
+    return Resolved(stage, version, uri, inputs, external, input_ids)
+
+
+@dataclass
+class Outcome:
+    stage: str
+    version: str
+    uri: str
+    reused: bool
+    manifest: dict
+
+
+def run_stage(
+    cfg: XgenConfig,
+    name: str,
+    run_id: str,
+    explicit_inputs: list[str] | None = None,
+    output: str | None = None,
+) -> Outcome:
+    resolved = resolve(cfg, name, explicit_inputs, output)
+    if resolved.stage.run_scoped:
+        return _run_scoped(cfg, resolved, run_id)
+    for upstream, uri in resolved.inputs.items():
+        artifacts.require_committed(uri, f"input {upstream!r} of {name}")
+    outcome = _reuse_or_build(cfg, resolved, run_id)
+    if output is None:
+        record_in_run(cfg.root, run_id, outcome)
+    return outcome
+
+
+def _reuse_or_build(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome:
+    stage, final = resolved.stage, resolved.uri
+    lease = artifacts.Lease(
+        artifacts.lease_uri(final), ttl_s=cfg.storage.lease_ttl_s, heartbeat_s=cfg.storage.heartbeat_s
+    )
+    waited_for = None
+    while True:
+        if artifacts.is_committed(final):
+            log.info("%s is already committed at %s: reusing it, nothing to do", stage.name, final)
+            return Outcome(stage.name, resolved.version, final, True, artifacts.read_manifest(final))
+        if lease.try_acquire():
+            break
+        holder = lease.holder()
+        if holder != waited_for:
+            log.info("%s-%s is being written by %s: waiting for it", stage.name, resolved.version, holder)
+            waited_for = holder
+        time.sleep(LEASE_POLL_S)
+    lease.start_heartbeat()
+    artifacts.remove_stale_staging(final)  # left by writers that died; we hold the lease, so none is live
+    try:
+        if artifacts.is_committed(final):  # committed between our check and our lease
+            return Outcome(stage.name, resolved.version, final, True, artifacts.read_manifest(final))
+        return _build(cfg, resolved, run_id, lease)
+    finally:
+        lease.release()
+
+
+def _build(cfg: XgenConfig, resolved: Resolved, run_id: str, lease: artifacts.Lease) -> Outcome:
+    stage = resolved.stage
+    staging = artifacts.staging_uri(resolved.uri)
+    started = _now()
+    ctx = StageContext(stage.name, cfg, resolved.inputs, resolved.external_inputs, staging, run_id)
+    log.info("%s-%s: building into %s", stage.name, resolved.version, resolved.uri)
+    try:
+        result = _call(stage, ctx) or {}
+    except BaseException:
+        store_for(staging).delete_prefix(staging)
+        raise
+    manifest = {
+        "stage": stage.name,
+        "version": resolved.version,
+        "uri": resolved.uri,
+        "config": {section: cfg.section_dump(section) for section in stage.config_sections},
+        "profile": cfg.profile,
+        "inputs": resolved.inputs,
+        "external_inputs": resolved.external_inputs,
+        "input_versions": resolved.input_ids,
+        "input_digests": {up: artifacts.manifest_digest(uri) for up, uri in resolved.inputs.items()},
+        "code_version": f"{_package_version()}+{stage.code_version}",
+        "counts": result.get("counts", {}),
+        "metrics": result.get("metrics", {}),
+        "run_id": run_id,
+        "started_at": started,
+        "finished_at": _now(),
+    }
+    if not lease.still_held():
+        store_for(staging).delete_prefix(staging)
+        raise XgenError(f"{stage.name}: lost the write lease before commit; another writer took over")
+    if artifacts.commit(staging, resolved.uri, manifest):
+        log.info("%s-%s: committed %s", stage.name, resolved.version, resolved.uri)
+        return Outcome(stage.name, resolved.version, resolved.uri, False, manifest)
+    log.info("%s-%s: another writer committed first; using theirs", stage.name, resolved.version)
+    return Outcome(stage.name, resolved.version, resolved.uri, True, artifacts.read_manifest(resolved.uri))
+
+
+def _run_scoped(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome:
+    ctx = StageContext(resolved.stage.name, cfg, {}, [], run_dir(cfg.root, run_id), run_id)
+    result = _call(resolved.stage, ctx) or {}
+    return Outcome(resolved.stage.name, "run", ctx.output, False, result)
+
+
+def _call(stage: Stage, ctx: StageContext) -> dict | None:
+    module_name, _, function_name = stage.fn.partition(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    return function(ctx)  # a Spark session stays up for the next stage of this process (getOrCreate)
+
+
+def run_dir(root: str, run_id: str) -> str:
+    return join(normalize_uri(root), "runs", safe_run_id(run_id))
+
+
+def safe_run_id(run_id: str) -> str:
+    """Airflow run ids hold ':' and '+'; keep paths portable across local disks and GCS."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"
+
+
+def record_in_run(root: str, run_id: str, outcome: Outcome) -> None:
+    record = {
+        "stage": outcome.stage,
+        "version": outcome.version,
+        "uri": outcome.uri,
+        "reused": outcome.reused,
+        "recorded_at": _now(),
+    }
+    uri = join(run_dir(root, run_id), "stages", f"{outcome.stage}.json")
+    store_for(uri).write_text(uri, json.dumps(record, indent=2))
+
+
+def run_pipeline(cfg: XgenConfig, run_id: str, until: str | None = None) -> list[Outcome]:
+    """Every artifact stage in order, then the run report: the same work the end-to-end DAG schedules."""
+    outcomes = [run_stage(cfg, stage.name, run_id) for stage in pipeline_order(until)]
+    outcomes.append(run_stage(cfg, "report", run_id))
+    return outcomes
+
+
+def new_run_id(prefix: str = "manual") -> str:
+    return f"{prefix}__{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _package_version() -> str:
+    from xgen_core import __version__
+
+    return __version__
+
+
+def stage_main(name: str, argv: list[str] | None = None) -> None:
+    """What a container runs: `python -m data_jobs.ingest --profile tiny [--run-id ID] [key=value ...]`."""
+    from xgen_core.cli import main
+
+    stage = get_stage(name)
+    group = "pipeline" if stage.group == "pipeline" else stage.group
+    import sys
+
+    main([group, stage.command, *(sys.argv[1:] if argv is None else argv)])
