@@ -1,6 +1,6 @@
 import pytest
 
-from pretrain_fixtures import STAGES, synthetic_documents
+from tests.train.pretrain_fixtures import STAGES, synthetic_documents
 from xgen_core.tokens.shards import pack_curriculum
 from xgen_core.tokens.tokenizer import tokenizer_config, train_tokenizer
 

@@ -9,13 +9,13 @@ import pytest
 from xgen_core.train.loop import pretrain
 from xgen_core.train.metrics import read_metrics
 
-from pretrain_fixtures import MICRO_MODEL, micro_train_options
+from tests.train.pretrain_fixtures import MICRO_MODEL, micro_train_options
 
 STEPS = 10
 KILLED_RUN = r"""
 import os, signal, sys
-sys.path.insert(0, {tests_dir!r})
-from pretrain_fixtures import MICRO_MODEL, micro_train_options
+sys.path.insert(0, {repo_root!r})
+from tests.train.pretrain_fixtures import MICRO_MODEL, micro_train_options
 from xgen_core.train.loop import pretrain
 
 def kill_at(record):
@@ -45,8 +45,8 @@ def losses(records):
 
 @pytest.mark.parametrize("kill_step", [1, 5])  # before the first checkpoint; between checkpoints 3 and 6
 def test_killed_run_resumes_with_identical_losses(packed_dir, tmp_path, uninterrupted, kill_step):
-    tests_dir = os.path.dirname(__file__)
-    script = KILLED_RUN.format(tests_dir=tests_dir, kill_step=kill_step, packed_dir=packed_dir,
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = KILLED_RUN.format(repo_root=repo_root, kill_step=kill_step, packed_dir=packed_dir,
                                out=str(tmp_path), steps=STEPS)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]

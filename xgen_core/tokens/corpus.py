@@ -75,3 +75,16 @@ def iter_stage_documents(uri: str) -> Iterator[str]:
         yield from _iter_jsonl(filesystem, jsonl)
     else:
         raise XgenError(f"no .parquet or .jsonl documents under {uri}")
+
+
+def curriculum_sources(inputs: dict[str, str], stage_names: list[str]) -> dict[str, str]:
+    """URI of each curriculum stage's documents, from the stage's upstream artifacts.
+
+    The mixture stage writes one document set per curriculum stage (`{mixture}/{stage}`); without it
+    upstream, every curriculum stage reads the whole ingested corpus (`{ingest}/data`).
+    """
+    if "mixture" in inputs:
+        return {name: f"{inputs['mixture'].rstrip('/')}/{name}" for name in stage_names}
+    if "ingest" in inputs:
+        return {name: f"{inputs['ingest'].rstrip('/')}/data" for name in stage_names}
+    raise XgenError(f"no document source among the inputs {sorted(inputs)}: expected mixture or ingest")

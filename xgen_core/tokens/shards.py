@@ -83,3 +83,26 @@ def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_texts: d
     packed = {"seq_len": seq_len, "vocab_size": tokenizer_config["vocab_size"], "stages": stages}
     (out_dir / "stages.json").write_text(json.dumps(packed, indent=2))
     return packed
+
+
+def run(ctx) -> dict:
+    """The `pack` stage: every curriculum stage's documents as packed train and held-out shards."""
+    from xgen_core.localize import local_directory, writable_directory
+    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
+    from xgen_core.tokens.tokenizer import load_tokenizer
+
+    settings = ctx.cfg.pack
+    tokenizer, config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
+    sources = curriculum_sources(ctx.inputs, settings.stages)
+    stage_texts = {name: iter_stage_documents(uri) for name, uri in sources.items()}
+    with writable_directory(ctx.output) as directory:
+        packed = pack_curriculum(tokenizer, config, stage_texts, directory, settings.seq_len,
+                                 settings.heldout_fraction, settings.rows_per_shard)
+    counts = {}
+    for stage in packed["stages"]:
+        counts[f"{stage['name']}_train_rows"] = stage["train"]["rows"]
+        counts[f"{stage['name']}_train_tokens"] = stage["train"]["tokens"]
+        counts[f"{stage['name']}_heldout_rows"] = stage["heldout"]["rows"]
+        ctx.log(f"{stage['name']}: {stage['train']['rows']} train rows ({stage['train']['tokens']} tokens), "
+                f"{stage['heldout']['rows']} held-out rows")
+    return {"counts": counts}

@@ -65,3 +65,30 @@ def load_tokenizer(directory: str | Path) -> tuple[Tokenizer, dict]:
         raise XgenError(f"no {TOKENIZER_FILE} in {directory}: run the tokenizer stage first")
     config = json.loads((directory / CONFIG_FILE).read_text())
     return Tokenizer.from_file(str(directory / TOKENIZER_FILE)), config
+
+
+def run(ctx) -> dict:
+    """The `tokenizer` stage: BPE trained on every document the curriculum will see."""
+    import itertools
+
+    from xgen_core.localize import writable_directory
+    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
+
+    settings = ctx.cfg.tokenizer
+    sources = list(dict.fromkeys(curriculum_sources(ctx.inputs, ctx.cfg.pack.stages).values()))
+    texts = itertools.chain.from_iterable(iter_stage_documents(uri) for uri in sources)
+    if settings.max_documents:
+        texts = itertools.islice(texts, settings.max_documents)
+    counter = {"documents": 0}
+
+    def counted(stream):
+        for text in stream:
+            counter["documents"] += 1
+            yield text
+
+    tokenizer = train_tokenizer(counted(texts), settings.vocab_size, settings.min_frequency)
+    config = tokenizer_config(tokenizer, settings.vocab_size)
+    with writable_directory(ctx.output) as directory:
+        save_tokenizer(tokenizer, config, directory)
+    ctx.log(f"trained a {config['vocab_size']}-token byte-level BPE on {counter['documents']} documents")
+    return {"counts": {"documents": counter["documents"], "vocab_size": config["vocab_size"]}}

@@ -8,6 +8,7 @@ restarted from its latest checkpoint recomputes exactly the losses an uninterrup
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from xgen_core.errors import XgenError
+from xgen_core.localize import CACHE_DIR, local_directory, upload_directory
 from xgen_core.model.decoder import Decoder
 from xgen_core.model.info import training_flops_per_token
 from xgen_core.model.presets import get_preset
+from xgen_core.storage import is_gcs, join, normalize_uri, store_for
 from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
 from xgen_core.tokens.packing import inputs_and_targets
 from xgen_core.train import mesh as mesh_lib
@@ -76,10 +79,13 @@ class TrainOptions:
     mesh: MeshOptions
 
 
-def build_model(options: ModelOptions, vocab_size: int | None = None) -> Decoder:
-    overrides = {"vocab_size": vocab_size} if vocab_size else {}
+def build_model(options: ModelOptions, tokenizer_vocab_size: int) -> Decoder:
+    spec = get_preset(options.preset)
+    if tokenizer_vocab_size > spec.vocab_size:
+        raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
+                        f"embedding rows of model preset {spec.name}")
     return Decoder(
-        get_preset(options.preset, **overrides),
+        spec,
         attention_impl=options.attention_impl,
         compute_dtype=jnp.dtype(options.compute_dtype),
         param_dtype=jnp.dtype(options.param_dtype),
@@ -134,18 +140,25 @@ class Evaluator:
         return total / max(tokens, 1.0)
 
 
-def pretrain(pack_dir: str, out_dir: str, model_options: ModelOptions, options: TrainOptions,
+def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: TrainOptions,
              vocab_size: int, max_steps: int | None = None, log=print, on_step=None) -> dict:
     """Train (or resume) up to the end of the curriculum, or to step `max_steps` if that comes first.
 
+    Checkpoints go to `out_uri`/checkpoints (local or gs://); metrics.jsonl, TensorBoard events, the LR
+    plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
     `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
     """
     mesh_lib.maybe_initialize_distributed(options.mesh.distributed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = local_run_directory(out_uri)
     packed = read_packed_stages(pack_dir)
     seq_len = packed["seq_len"]
     plans = _plans(packed, options)
+    checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), options.keep_checkpoints)
+    last_step = min(plans[-1].end_step, max_steps) if max_steps else plans[-1].end_step
+    if (checkpointer.latest_step() or 0) >= last_step and (out / "summary.json").exists():
+        log(f"already trained to step {checkpointer.latest_step()}: nothing to do")
+        checkpointer.close()
+        return json.loads((out / "summary.json").read_text())
     micro_batch = options.batch_size // options.grad_accum_steps
     if options.batch_size % (options.grad_accum_steps * jax.process_count()):
         raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
@@ -164,12 +177,10 @@ def pretrain(pack_dir: str, out_dir: str, model_options: ModelOptions, options: 
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     alarm = LossSpikeAlarm(options.spike_factor, options.spike_warmup_steps)
-    checkpointer = Checkpointer(str(out / "checkpoints"), options.keep_checkpoints)
 
     state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options)
     if start_step:
         log(f"resuming from the checkpoint of step {start_step}")
-    last_step = min(plans[-1].end_step, max_steps) if max_steps else plans[-1].end_step
 
     heldout = heldout_rows(pack_dir, packed, options.eval_batches * micro_batch)
     evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
@@ -205,6 +216,8 @@ def pretrain(pack_dir: str, out_dir: str, model_options: ModelOptions, options: 
             on_step(record)
         if (step + 1) % options.checkpoint_every == 0 or step + 1 == last_step:
             checkpointer.save(step + 1, state, loader.get_state(), {"alarm": alarm.get_state()})
+            writer.flush()
+            sync_run_files(out, out_uri)
     checkpointer.close()
     writer.close()
     summary = {
@@ -213,7 +226,52 @@ def pretrain(pack_dir: str, out_dir: str, model_options: ModelOptions, options: 
         "peak_flops_source": peak_source, "stages": [dataclasses.asdict(p) for p in plans],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    sync_run_files(out, out_uri)
     return summary
+
+
+def local_run_directory(out_uri: str) -> Path:
+    """Where metrics and plots are written: the run directory itself, or a local mirror of a gs:// one."""
+    if not is_gcs(out_uri):
+        path = Path(normalize_uri(out_uri))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    mirror = CACHE_DIR / "runs" / hashlib.sha256(out_uri.encode()).hexdigest()[:16]
+    mirror.mkdir(parents=True, exist_ok=True)
+    metrics_uri = join(out_uri, "metrics.jsonl")
+    if store_for(out_uri).exists(metrics_uri):  # a resumed run appends to what the killed one uploaded
+        (mirror / "metrics.jsonl").write_bytes(store_for(out_uri).read_bytes(metrics_uri))
+    return mirror
+
+
+def sync_run_files(local: Path, out_uri: str) -> None:
+    if is_gcs(out_uri):
+        upload_directory(local, out_uri)
+
+
+def options_from_config(cfg) -> tuple[ModelOptions, TrainOptions]:
+    train = cfg.train.model_dump()
+    train["mesh"] = MeshOptions(**train["mesh"])
+    return ModelOptions(**cfg.model.model_dump()), TrainOptions(**train)
+
+
+def run(ctx) -> dict:
+    """The `pretrain` stage: resumes in its artifact directory from the latest checkpoint."""
+    from xgen_core.tokens.tokenizer import load_tokenizer
+
+    model_options, train_options = options_from_config(ctx.cfg)
+    if list(train_options.stage_tokens) != list(ctx.cfg.pack.stages):
+        raise XgenError(f"train.stage_tokens names {list(train_options.stage_tokens)} must be the packed "
+                        f"curriculum stages {ctx.cfg.pack.stages}, in the same order")
+    _, tokenizer_config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
+    summary = pretrain(
+        str(local_directory(ctx.inputs["pack"])), ctx.output, model_options, train_options,
+        vocab_size=tokenizer_config["vocab_size"], max_steps=ctx.cfg.train_run.max_steps, log=ctx.log,
+    )
+    return {
+        "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
+        "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+    }
 
 
 def _plans(packed: dict, options: TrainOptions):

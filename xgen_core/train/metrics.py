@@ -98,6 +98,10 @@ class MetricsWriter:
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
 
+    def flush(self) -> None:
+        self.file.flush()
+        self.tensorboard.flush()
+
     def close(self) -> None:
         self.file.close()
         self.tensorboard.close()
