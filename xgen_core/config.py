@@ -134,7 +134,6 @@ class TokenizerConfig(Section):
 
 
 class PackConfig(Section):
-    stages: list[str]
     seq_len: int
     heldout_fraction: float
     rows_per_shard: int
@@ -156,7 +155,6 @@ class MeshConfig(Section):
 
 
 class TrainConfig(Section):
-    stage_tokens: dict[str, int]
     batch_size: int
     grad_accum_steps: int
     peak_lr: float
@@ -200,6 +198,10 @@ class XgenConfig(Section):
     model: ModelConfig
     train: TrainConfig
     train_run: TrainRunConfig
+
+    def curriculum(self) -> dict[str, int]:
+        """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""
+        return {stage.name: stage.tokens for stage in self.mixture.stages}
 
     def section(self, dotted: str) -> Any:
         value: Any = self

@@ -135,8 +135,8 @@ STAGES: tuple[Stage, ...] = (
         name="tokenizer",
         group="train",
         fn="xgen_core.tokens.tokenizer:run",
-        upstream=("ingest",),
-        config_sections=("tokenizer", "pack.stages"),
+        upstream=("mixture",),
+        config_sections=("tokenizer",),
         backend="python",
         resources="cpu",
         description="Byte-level BPE (102,400 tokens at paper scale) with BOS/EOS/pad and chat special tokens",
@@ -145,7 +145,7 @@ STAGES: tuple[Stage, ...] = (
         name="pack",
         group="train",
         fn="xgen_core.tokens.shards:run",
-        upstream=("ingest", "tokenizer"),
+        upstream=("mixture", "tokenizer"),
         config_sections=("pack",),
         backend="python",
         resources="cpu",
@@ -305,7 +305,7 @@ def _reuse_or_build(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome
     )
     waited_for = None
     while True:
-        if artifacts.is_committed(final) and not stage.resumable:
+        if artifacts.is_committed(final) and artifacts.read_manifest(final).get("complete", True):
             log.info("%s is already committed at %s: reusing it, nothing to do", stage.name, final)
             return Outcome(stage.name, resolved.version, final, True, artifacts.read_manifest(final))
         if lease.try_acquire():
@@ -370,6 +370,7 @@ def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, st
         "run_id": run_id,
         "started_at": started,
         "finished_at": _now(),
+        "complete": result.get("complete", True),  # False: a resumable stage stopped early (e.g. --steps)
     }
 
 
