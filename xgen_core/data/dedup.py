@@ -28,6 +28,8 @@ from xgen_core.data.sparkio import read_documents, rename_parts, write_determini
 SIGNATURE_VERSION = 1
 RANK_KEYS = ("quality", "recency", "length")
 BINARY_SHARE_LIMIT = 0.05
+# Up to this many documents the per-document metadata (about 150 bytes a row) is broadcast to the final join.
+BROADCAST_METADATA_ROWS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -448,16 +450,22 @@ def run_dedup(
 
     ranked_ids = rank_repeated_ids(hashable.select(*slim_columns())).localCheckpoint()
     metadata = cluster_metadata(ranked_ids.filter("id_rank = 1").drop("id_rank"), roots, params)
+    if ranked_ids.count() <= BROADCAST_METADATA_ROWS:
+        # Ship the slim metadata to every task instead of shuffling the texts to meet it.
+        metadata = F.broadcast(metadata)
     annotated = hashable.join(metadata, ROW_KEY).drop("node")
     write_deterministic_parquet(
         annotated.select(*output_columns(annotated)), f"{output_uri}/data", params.output_files,
         ["cluster_id", "cluster_rank"], partition_column="cluster_id",
     )  # fmt: skip
     done("documents written")
-    repeated = hashable.join(repeated_id_keys(ranked_ids), ROW_KEY, "left_semi")
-    quarantined = checked.filter(F.col("quarantine_reason").isNotNull()).unionByName(
-        repeated.withColumn("quarantine_reason", F.lit("duplicate_id"))
-    )
+    quarantined = checked.filter(F.col("quarantine_reason").isNotNull())
+    repeated_keys = repeated_id_keys(ranked_ids).localCheckpoint()
+    n_repeated = repeated_keys.count()
+    if n_repeated:
+        keys = F.broadcast(repeated_keys) if n_repeated <= BROADCAST_METADATA_ROWS else repeated_keys
+        repeated = hashable.join(keys, ROW_KEY, "left_semi")
+        quarantined = quarantined.unionByName(repeated.withColumn("quarantine_reason", F.lit("duplicate_id")))
     write_deterministic_parquet(quarantined.drop("node"), f"{output_uri}/quarantine", 1, ["id", "quarantine_reason"])
     counts = dedup_counts(spark, output_uri, reused)
     done("counted")
