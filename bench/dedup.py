@@ -87,16 +87,33 @@ def run_spark(
         key, _, value = item.partition("=")
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    print(f"session up [cpu {process_tree_cpu_seconds():.1f} s]")
     spark.sparkContext.setLogLevel("ERROR")
     params = DedupParams(
         ngram=ngram, num_perm=num_perm, seed=1, threshold=threshold, top_k=3, verify_jaccard=True,
         rank_by=("quality", "recency", "length"), output_files=2 * cores, max_doc_chars=1_000_000,
     )  # fmt: skip
-    counts = run_dedup(spark, str(path), str(output), params, log=print)
+    counts = run_dedup(spark, str(path), str(output), params, log=lambda m: print(f"{m} [cpu {process_tree_cpu_seconds():.1f} s]"))
+    print(f"spark cpu seconds (driver, JVM, Python workers): {process_tree_cpu_seconds():.1f}")
     spark.stop()
     table = pq.read_table(output / "data", columns=["id", "cluster_id"])
     print(f"spark counts: {json.dumps(counts)}")
     return dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+
+
+def process_tree_cpu_seconds() -> float:
+    """CPU time used so far by this process and all its descendants (the JVM and its Python workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def report(name: str, predicted: dict[str, str], docs, seconds: float) -> dict:
@@ -137,7 +154,9 @@ def main() -> None:
     results = []
     if not args.skip_baseline:
         start = time.perf_counter()
+        cpu_start = time.process_time()
         labels = run_baseline(input_path, args.threshold, args.num_perm, args.ngram)
+        print(f"baseline cpu seconds: {time.process_time() - cpu_start:.1f}")
         results.append(report("datasketch-single-process", labels, docs, time.perf_counter() - start))
 
     output = workdir / "spark-out"
