@@ -458,8 +458,8 @@ def run_dedup(
     """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
-    The input is read three times (signatures, slim metadata columns, final rows) rather than cached: re-reading
-    Parquet and re-hashing in the JVM costs less than materialising every text in memory.
+    The texts are read twice rather than cached: once to hash them (signatures plus the slim per-document columns,
+    which are kept) and once to write them out with their metadata.
     """
     started = time.perf_counter()
 
