@@ -186,5 +186,33 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _model_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", required=True, help="model preset, e.g. xgen-small-4b, xgen-small-9b, tiny")
+    parser.add_argument("--seq-len", type=int, help="sequence length for FLOPs per token (default: the preset's)")
+    parser.add_argument("--json", action="store_true")
+
+
+def _model_info_command(args) -> None:
+    from xgen_core.model.info import model_info
+    from xgen_core.model.presets import get_preset
+
+    info = model_info(get_preset(args.preset), args.seq_len)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"preset                      {info['preset']}")
+    print(f"parameters, total           {info['params_total']:,}")
+    print(f"parameters, embedding       {info['params_embedding']:,}")
+    print(f"parameters, non-embedding   {info['params_non_embedding']:,}")
+    print(f"training FLOPs per token    {info['training_flops_per_token']:.4g}  (seq_len {info['seq_len']}, MaxText count)")
+
+
+EXTRA_COMMANDS[("model", "info")] = (
+    "parameter counts (from the model's own shapes) and training FLOPs per token of a preset",
+    _model_info_arguments,
+    _model_info_command,
+)
+
+
 if __name__ == "__main__":
     main()

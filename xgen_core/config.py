@@ -127,6 +127,57 @@ class MixtureConfig(Section):
     chars_per_token: float
     seed: int
     output_files: int
+class TokenizerConfig(Section):
+    vocab_size: int
+    min_frequency: int
+    max_documents: int
+
+
+class PackConfig(Section):
+    seq_len: int
+    heldout_fraction: float
+    rows_per_shard: int
+
+
+class ModelConfig(Section):
+    preset: str
+    attention_impl: Literal["auto", "xla", "cudnn", "splash", "flash"]
+    compute_dtype: Literal["bfloat16", "float32"]
+    param_dtype: Literal["float32", "bfloat16"]
+    remat: bool
+
+
+class MeshConfig(Section):
+    data: int
+    fsdp: int
+    tensor: int
+    distributed: bool
+
+
+class TrainConfig(Section):
+    batch_size: int
+    grad_accum_steps: int
+    peak_lr: float
+    slow_decay_end_ratio: float
+    final_lr_ratio: float
+    weight_decay: float
+    b1: float
+    b2: float
+    eps: float
+    grad_clip: float
+    seed: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    eval_every: int
+    eval_batches: int
+    spike_factor: float
+    spike_warmup_steps: int
+    peak_flops_per_device: float | None
+    mesh: MeshConfig
+
+
+class TrainRunConfig(Section):
+    max_steps: int | None
 
 
 class XgenConfig(Section):
@@ -142,6 +193,15 @@ class XgenConfig(Section):
     quality_train: QualityTrainConfig
     signals: SignalsConfig
     mixture: MixtureConfig
+    tokenizer: TokenizerConfig
+    pack: PackConfig
+    model: ModelConfig
+    train: TrainConfig
+    train_run: TrainRunConfig
+
+    def curriculum(self) -> dict[str, int]:
+        """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""
+        return {stage.name: stage.tokens for stage in self.mixture.stages}
 
     def section(self, dotted: str) -> Any:
         value: Any = self

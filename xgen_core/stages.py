@@ -49,6 +49,9 @@ class Stage:
     external_inputs: str | None = None  # config key listing input URIs that, when set, replace the upstream
     flags: tuple[Flag, ...] = ()
     run_scoped: bool = False  # writes into runs/{run_id}/ instead of a versioned artifact
+    # Works in place in its artifact directory and picks up where a killed or shorter run stopped
+    # (training from checkpoints): no staging copy, always called, committed again when it returns.
+    resumable: bool = False
 
     @property
     def command(self) -> str:
@@ -127,6 +130,38 @@ STAGES: tuple[Stage, ...] = (
         backend="spark",
         resources="spark",
         description="Per-signal upsampling merged into one weight; one manifest per curriculum stage; data report",
+    ),
+    Stage(
+        name="tokenizer",
+        group="train",
+        fn="xgen_core.tokens.tokenizer:run",
+        upstream=("mixture",),
+        config_sections=("tokenizer",),
+        backend="python",
+        resources="cpu",
+        description="Byte-level BPE (102,400 tokens at paper scale) with BOS/EOS/pad and chat special tokens",
+    ),
+    Stage(
+        name="pack",
+        group="train",
+        fn="xgen_core.tokens.shards:run",
+        upstream=("mixture", "tokenizer"),
+        config_sections=("pack",),
+        backend="python",
+        resources="cpu",
+        description="Each curriculum stage tokenized and packed into fixed-length shards with segment ids",
+    ),
+    Stage(
+        name="pretrain",
+        group="train",
+        fn="xgen_core.train.loop:run",
+        upstream=("tokenizer", "pack"),
+        config_sections=("model", "train"),
+        backend="jax",
+        resources="tpu",
+        description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
+        flags=(Flag("--steps", "train_run.max_steps", int, "train up to this step, resuming from the latest checkpoint"),),
+        resumable=True,
     ),
     Stage(
         name="report",
@@ -270,7 +305,7 @@ def _reuse_or_build(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome
     )
     waited_for = None
     while True:
-        if artifacts.is_committed(final):
+        if artifacts.is_committed(final) and artifacts.read_manifest(final).get("complete", True):
             log.info("%s is already committed at %s: reusing it, nothing to do", stage.name, final)
             return Outcome(stage.name, resolved.version, final, True, artifacts.read_manifest(final))
         if lease.try_acquire():
@@ -281,6 +316,11 @@ def _reuse_or_build(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome
             waited_for = holder
         time.sleep(LEASE_POLL_S)
     lease.start_heartbeat()
+    if stage.resumable:
+        try:
+            return _build_in_place(cfg, resolved, run_id, lease)
+        finally:
+            lease.release()
     artifacts.remove_stale_staging(final)  # left by writers that died; we hold the lease, so none is live
     try:
         if artifacts.is_committed(final):  # committed between our check and our lease
@@ -301,7 +341,20 @@ def _build(cfg: XgenConfig, resolved: Resolved, run_id: str, lease: artifacts.Le
     except BaseException:
         store_for(staging).delete_prefix(staging)
         raise
-    manifest = {
+    manifest = _manifest(cfg, resolved, run_id, result, started)
+    if not lease.still_held():
+        store_for(staging).delete_prefix(staging)
+        raise XgenError(f"{stage.name}: lost the write lease before commit; another writer took over")
+    if artifacts.commit(staging, resolved.uri, manifest):
+        log.info("%s-%s: committed %s", stage.name, resolved.version, resolved.uri)
+        return Outcome(stage.name, resolved.version, resolved.uri, False, manifest)
+    log.info("%s-%s: another writer committed first; using theirs", stage.name, resolved.version)
+    return Outcome(stage.name, resolved.version, resolved.uri, True, artifacts.read_manifest(resolved.uri))
+
+
+def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, started: str) -> dict:
+    stage = resolved.stage
+    return {
         "stage": stage.name,
         "version": resolved.version,
         "uri": resolved.uri,
@@ -317,15 +370,27 @@ def _build(cfg: XgenConfig, resolved: Resolved, run_id: str, lease: artifacts.Le
         "run_id": run_id,
         "started_at": started,
         "finished_at": _now(),
+        "complete": result.get("complete", True),  # False: a resumable stage stopped early (e.g. --steps)
     }
+
+
+def _build_in_place(cfg: XgenConfig, resolved: Resolved, run_id: str, lease: artifacts.Lease) -> Outcome:
+    """A resumable stage: un-commit, let the function continue in the artifact directory, commit again."""
+    stage, final = resolved.stage, resolved.uri
+    store = store_for(final)
+    store.delete(join(final, artifacts.SUCCESS_MARKER))  # readers never see an artifact that is changing
+    started = _now()
+    ctx = StageContext(stage.name, cfg, resolved.inputs, resolved.external_inputs, final, run_id)
+    log.info("%s-%s: continuing in place in %s", stage.name, resolved.version, final)
+    result = _call(stage, ctx) or {}
+    manifest = _manifest(cfg, resolved, run_id, result, started)
     if not lease.still_held():
-        store_for(staging).delete_prefix(staging)
         raise XgenError(f"{stage.name}: lost the write lease before commit; another writer took over")
-    if artifacts.commit(staging, resolved.uri, manifest):
-        log.info("%s-%s: committed %s", stage.name, resolved.version, resolved.uri)
-        return Outcome(stage.name, resolved.version, resolved.uri, False, manifest)
-    log.info("%s-%s: another writer committed first; using theirs", stage.name, resolved.version)
-    return Outcome(stage.name, resolved.version, resolved.uri, True, artifacts.read_manifest(resolved.uri))
+    store.write_text(join(final, artifacts.MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+    marker = json.dumps({"version": resolved.version, "committed_at": time.time()})
+    store.write_text(join(final, artifacts.SUCCESS_MARKER), marker)
+    log.info("%s-%s: committed %s", stage.name, resolved.version, final)
+    return Outcome(stage.name, resolved.version, final, False, manifest)
 
 
 def _run_scoped(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome:

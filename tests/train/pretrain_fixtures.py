@@ -1,0 +1,34 @@
+"""Shared pieces of the pretraining tests (a plain module so subprocesses can import it too)."""
+
+import dataclasses
+
+from xgen_core.train.loop import MeshOptions, ModelOptions, TrainOptions
+
+STAGES = ("stage1", "stage2", "stage3", "stage4")
+
+
+def synthetic_documents(count: int, offset: int = 0) -> list[str]:
+    """Small, learnable documents: code-like functions and worked sums."""
+    docs = []
+    for i in range(offset, offset + count):
+        a, b = i % 17, (i * 7) % 23
+        if i % 2:
+            docs.append(f"def add_{a}_{b}(x):\n    return x + {a} + {b}\n")
+        else:
+            docs.append(f"Question: what is {a} plus {b}? Answer: {a} plus {b} is {a + b}.")
+    return docs
+
+
+MICRO_MODEL = ModelOptions(preset="micro", attention_impl="auto", compute_dtype="float32",
+                           param_dtype="float32", remat=False)
+
+
+def micro_train_options(**changes) -> TrainOptions:
+    options = TrainOptions(
+        stage_tokens={"stage1": 512, "stage2": 1024, "stage3": 1024, "stage4": 512}, batch_size=4,
+        grad_accum_steps=2, peak_lr=3e-3, slow_decay_end_ratio=0.3, final_lr_ratio=0.0, weight_decay=0.1,
+        b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, seed=0, checkpoint_every=3, keep_checkpoints=2, eval_every=5,
+        eval_batches=2, spike_factor=3.0, spike_warmup_steps=5, peak_flops_per_device=1e11,
+        mesh=MeshOptions(data=1, fsdp=-1, tensor=1, distributed=False),
+    )
+    return dataclasses.replace(options, **changes)

@@ -1,0 +1,139 @@
+"""Causal self-attention over packed rows, with one entry point and a kernel chosen per platform.
+
+Every implementation takes the same arguments:
+    q            (batch, q_len, n_q_heads, head_dim)
+    k, v         (batch, kv_len, n_kv_heads, head_dim), n_q_heads a multiple of n_kv_heads (GQA)
+    segment_ids  (batch, len) int32; tokens attend only to earlier tokens with the same id. Id 0 marks padding.
+Packed documents are contiguous within a row, so "causal by index" and "same segment" together give
+exactly per-document causal attention; RoPE positions are applied to q and k before this point.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xgen_core.errors import XgenError
+
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "flash")
+PLATFORM_OF_IMPL = {"cudnn": "gpu", "splash": "tpu", "flash": "tpu"}
+DEFAULT_IMPL_OF_PLATFORM = {"tpu": "splash", "gpu": "cudnn"}
+
+
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+    """Turn "auto" into the best kernel of the platform and refuse a kernel the platform cannot run."""
+    platform = platform or jax.default_backend()
+    if impl == "auto":
+        return DEFAULT_IMPL_OF_PLATFORM.get(platform, "xla")
+    if impl not in IMPLEMENTATIONS:
+        raise XgenError(f"unknown attention implementation {impl!r}; choose auto or one of {IMPLEMENTATIONS}")
+    needed = PLATFORM_OF_IMPL.get(impl)
+    if needed and needed != platform:
+        raise XgenError(f"attention implementation {impl!r} runs only on {needed}, this JAX backend is {platform}")
+    return impl
+
+
+def attention(q, k, v, segment_ids, *, impl: str = "auto"):
+    """Per-document causal attention with the implementation `impl` (auto, xla, cudnn, splash, flash)."""
+    impl = resolve_impl(impl)
+    if impl == "xla":
+        return xla_attention(q, k, v, segment_ids)
+    if impl == "cudnn":
+        return jax_nn_attention(q, k, v, segment_ids, implementation="cudnn")
+    if impl == "splash":
+        return splash_attention(q, k, v, segment_ids)
+    return flash_attention(q, k, v, segment_ids)
+
+
+def document_causal_mask(q_segment_ids, kv_segment_ids):
+    """(batch, 1, q_len, kv_len) bool: same non-padding segment and key not after query."""
+    q_len, kv_len = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+    causal = jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :]
+    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    not_padding = (kv_segment_ids > 0)[:, None, :]
+    return (causal[None] & same_segment & not_padding)[:, None]
+
+
+def xla_attention(q, k, v, segment_ids):
+    """Reference einsum attention; softmax in float32, GQA without repeating K and V."""
+    batch, q_len, n_q_heads, head_dim = q.shape
+    n_kv_heads = k.shape[2]
+    grouped_q = q.reshape(batch, q_len, n_kv_heads, n_q_heads // n_kv_heads, head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", grouped_q, k, preferred_element_type=jnp.float32)
+    logits = logits / np.sqrt(head_dim).astype(np.float32)
+    mask = document_causal_mask(segment_ids, segment_ids)[:, :, None]  # (b, 1, 1, t, s)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", weights, v, preferred_element_type=jnp.float32)
+    return out.reshape(batch, q_len, n_q_heads, head_dim).astype(q.dtype)
+
+
+def jax_nn_attention(q, k, v, segment_ids, *, implementation: str):
+    """jax.nn.dot_product_attention with the document mask passed explicitly.
+
+    cuDNN's causal mask type alone knows nothing of documents, so the segment mask must go in as `mask`
+    (cuDNN turns it into a dense bias). `implementation="xla"` runs this same call on CPU, which is how
+    the tests check the arguments the cuDNN path receives.
+    """
+    mask = document_causal_mask(segment_ids, segment_ids)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=implementation)
+
+
+def _pallas_block(seq_len: int, preferred: int = 512) -> int:
+    block = min(preferred, seq_len)
+    if seq_len % block or block % 128:
+        raise XgenError(f"Pallas attention needs a sequence length that is a multiple of 128, got {seq_len}")
+    return block
+
+
+def splash_attention(q, k, v, segment_ids, *, interpret: bool = False):
+    """TPU Pallas splash attention (GQA-native) with SegmentIds; `interpret=True` runs the kernel on CPU."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    batch, seq_len, n_q_heads, head_dim = q.shape
+    block = _pallas_block(seq_len)
+    block_sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )
+    causal = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * n_q_heads)
+    kernel = splash.make_splash_mha(
+        mask=causal, block_sizes=block_sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
+    # Splash does not scale the logits itself; heads go first in its layout.
+    q_heads_first = jnp.swapaxes(q / np.sqrt(head_dim).astype(q.dtype), 1, 2)
+    k_heads_first, v_heads_first = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    segments = splash.SegmentIds(q=segment_ids, kv=segment_ids)
+    out = jax.vmap(kernel)(q_heads_first, k_heads_first, v_heads_first, segment_ids=segments)
+    return jnp.swapaxes(out, 1, 2)
+
+
+def flash_attention(q, k, v, segment_ids, *, interpret: bool = False):
+    """TPU Pallas flash attention with SegmentIds (MHA only, so K and V are repeated for GQA)."""
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu import flash_attention as flash
+
+    seq_len, n_q_heads, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    block = _pallas_block(seq_len)
+    block_sizes = flash.BlockSizes(
+        block_q=block, block_k_major=block, block_k=block, block_b=1,
+        block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block, block_q_dkv=block,
+        block_k_major_dq=block, block_k_dq=block, block_q_dq=block,
+    )
+    repeat = functools.partial(jnp.repeat, repeats=n_q_heads // k.shape[2], axis=2)
+    q_bhtd, k_bhtd, v_bhtd = (jnp.swapaxes(x, 1, 2) for x in (q, repeat(k), repeat(v)))
+    run_kernel = functools.partial(
+        flash.flash_attention,
+        segment_ids=flash.SegmentIds(q=segment_ids, kv=segment_ids),
+        causal=True, sm_scale=1.0 / np.sqrt(head_dim), block_sizes=block_sizes,
+    )
+    if interpret:
+        with pltpu.force_tpu_interpret_mode():
+            out = run_kernel(q_bhtd, k_bhtd, v_bhtd)
+    else:
+        out = run_kernel(q_bhtd, k_bhtd, v_bhtd)
+    return jnp.swapaxes(out, 1, 2)

@@ -1,0 +1,87 @@
+"""The xGen-small decoder (Llama-2 forward pass) in Flax Linen.
+
+Linen rather than NNX: parameters stay a plain pytree, so jit in/out shardings, optax and Orbax take them
+as they are, and Linen's logical-axis machinery (with_logical_partitioning, logical_axis_rules,
+logical_to_mesh_sharding, with_logical_constraint) is the MaxText way of sharding by named rules. NNX
+would need split/merge at every transform boundary and puts physical mesh names on parameters.
+
+Layers are stacked with nn.scan (one compiled layer body, a leading "layers" axis on every block
+parameter), so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from xgen_core.model.layers import RMSNorm, SelfAttention, SwiGLU, logical_param
+from xgen_core.model.presets import ModelSpec
+
+Dtype = Any
+
+
+class DecoderBlock(nn.Module):
+    spec: ModelSpec
+    attention_impl: str
+    compute_dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        s, dtypes = self.spec, dict(compute_dtype=self.compute_dtype, param_dtype=self.param_dtype)
+        attended = SelfAttention(
+            s.n_q_heads, s.n_kv_heads, s.head_dim, s.rope_theta, self.attention_impl, name="attention", **dtypes
+        )(RMSNorm(s.norm_eps, name="attention_norm", **dtypes)(x), positions, segment_ids)
+        x = x + attended
+        x = x + SwiGLU(s.mlp_dim, name="mlp", **dtypes)(RMSNorm(s.norm_eps, name="mlp_norm", **dtypes)(x))
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        return x, None
+
+
+class Decoder(nn.Module):
+    """tokens, positions, segment_ids (batch, len) int32 -> float32 logits (batch, len, vocab)."""
+
+    spec: ModelSpec
+    attention_impl: str = "auto"
+    compute_dtype: Dtype = jnp.bfloat16
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False
+    scan_layers: bool = True
+
+    @nn.compact
+    def __call__(self, tokens, positions, segment_ids):
+        s = self.spec
+        embedding = logical_param(
+            self, "embedding", (s.vocab_size, s.d_model), ("vocab", "embed"),
+            nn.initializers.normal(stddev=0.02), self.param_dtype,
+        )
+        x = embedding.astype(self.compute_dtype)[tokens]
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        block_args = (s, self.attention_impl, self.compute_dtype, self.param_dtype)
+        block = nn.remat(DecoderBlock, prevent_cse=not self.scan_layers) if self.remat else DecoderBlock
+        if self.scan_layers:
+            layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=s.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = layers(*block_args, name="layers")(x, positions, segment_ids)
+        else:
+            for index in range(s.n_layers):
+                x, _ = block(*block_args, name=f"layer_{index}")(x, positions, segment_ids)
+        # Parameters and logits stay float32 (paper section 3.3).
+        hidden = RMSNorm(s.norm_eps, jnp.float32, self.param_dtype, name="final_norm")(x)
+        if s.tie_embeddings:
+            logits = hidden @ embedding.astype(jnp.float32).T
+        else:
+            head = logical_param(
+                self, "lm_head", (s.d_model, s.vocab_size), ("embed", "vocab"),
+                nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"), self.param_dtype,
+            )
+            logits = hidden @ head.astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

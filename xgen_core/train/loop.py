@@ -1,0 +1,302 @@
+"""The pretraining loop: curriculum data, aligned LR schedule, sharded steps, metrics, exact resume.
+
+Everything that decides a loss (parameters, optimizer state, step, RNG, the data iterators' positions, the
+spike alarm's average) is in the checkpoint, and the batch of a step depends only on that state, so a run
+restarted from its latest checkpoint recomputes exactly the losses an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xgen_core.errors import XgenError
+from xgen_core.localize import CACHE_DIR, local_directory, upload_directory
+from xgen_core.model.decoder import Decoder
+from xgen_core.model.info import training_flops_per_token
+from xgen_core.model.presets import get_preset
+from xgen_core.storage import is_gcs, join, normalize_uri, store_for
+from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
+from xgen_core.tokens.packing import inputs_and_targets
+from xgen_core.train import mesh as mesh_lib
+from xgen_core.train.checkpoint import Checkpointer
+from xgen_core.train.metrics import LossSpikeAlarm, MetricsWriter, device_peak_flops
+from xgen_core.train.optimizer import make_optimizer
+from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule
+from xgen_core.train.step import (
+    abstract_state, device_batch, init_state, make_eval_step, make_train_step, state_shardings,
+)
+
+STAGES_FILE = "stages.json"
+UNIGRAM_FILE = "unigram_counts.npy"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    preset: str
+    attention_impl: str
+    compute_dtype: str
+    param_dtype: str
+    remat: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshOptions:
+    data: int
+    fsdp: int
+    tensor: int
+    distributed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    stage_tokens: dict  # curriculum stage name -> token budget, in curriculum order
+    batch_size: int  # sequences per optimizer step (all hosts, all micro-batches)
+    grad_accum_steps: int
+    peak_lr: float
+    slow_decay_end_ratio: float
+    final_lr_ratio: float
+    weight_decay: float
+    b1: float
+    b2: float
+    eps: float
+    grad_clip: float
+    seed: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    eval_every: int
+    eval_batches: int
+    spike_factor: float
+    spike_warmup_steps: int
+    peak_flops_per_device: float | None
+    mesh: MeshOptions
+
+
+def build_model(options: ModelOptions, tokenizer_vocab_size: int) -> Decoder:
+    spec = get_preset(options.preset)
+    if tokenizer_vocab_size > spec.vocab_size:
+        raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
+                        f"embedding rows of model preset {spec.name}")
+    return Decoder(
+        spec,
+        attention_impl=options.attention_impl,
+        compute_dtype=jnp.dtype(options.compute_dtype),
+        param_dtype=jnp.dtype(options.param_dtype),
+        remat=options.remat,
+    )
+
+
+def read_packed_stages(pack_dir: str) -> dict:
+    path = Path(pack_dir) / STAGES_FILE
+    if not path.exists():
+        raise XgenError(f"no {STAGES_FILE} in {pack_dir}: run the pack stage first")
+    return json.loads(path.read_text())
+
+
+def heldout_rows(pack_dir: str, packed: dict, count: int) -> dict[str, np.ndarray]:
+    """The first `count` held-out rows, taken from the stages in turn: the same rows for the whole run."""
+    # A small stage may hold no held-out document (the split hashes texts): the others supply the rows.
+    sources = [PackedRows(Path(pack_dir) / s["heldout_dir"]) for s in packed["stages"] if s["heldout"]["rows"]]
+    rows, index = [], 0
+    while len(rows) < count and any(index < len(s) for s in sources):
+        rows.extend(s[index] for s in sources if index < len(s))
+        index += 1
+    rows = rows[:count]
+    if len(rows) < count:
+        raise XgenError(f"only {len(rows)} held-out rows in {pack_dir}, the evaluation needs {count}")
+    return {field: np.stack([row[field] for row in rows]) for field in rows[0]}
+
+
+def unigram_baseline_loss(pack_dir: str, rows: dict[str, np.ndarray]) -> float:
+    """Cross-entropy (nats/token) of the held-out targets under the training data's unigram distribution."""
+    counts = np.load(Path(pack_dir) / UNIGRAM_FILE).astype(np.float64) + 1.0  # add-one: no zero probability
+    log_probs = np.log(counts / counts.sum())
+    batch = inputs_and_targets(rows)
+    weights = batch["weights"]
+    return float(-(log_probs[batch["targets"]] * weights).sum() / weights.sum())
+
+
+class Evaluator:
+    def __init__(self, model, mesh, shardings, rows: dict[str, np.ndarray], micro_batch: int):
+        self.step = make_eval_step(model, mesh, shardings)
+        self.mesh, self.micro_batch = mesh, micro_batch
+        count = len(rows["tokens"])
+        self.batches = [
+            {field: value[start:start + micro_batch] for field, value in rows.items()}
+            for start in range(0, count - count % micro_batch, micro_batch)
+        ]
+
+    def loss(self, params) -> float:
+        total, tokens = 0.0, 0.0
+        for rows in self.batches:
+            loss_sum, count = jax.device_get(self.step(params, device_batch(rows, self.mesh, batch_axis=0)))
+            total, tokens = total + float(loss_sum), tokens + float(count)
+        return total / max(tokens, 1.0)
+
+
+def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: TrainOptions,
+             vocab_size: int, max_steps: int | None = None, log=print, on_step=None) -> dict:
+    """Train (or resume) up to the end of the curriculum, or to step `max_steps` if that comes first.
+
+    Checkpoints go to `out_uri`/checkpoints (local or gs://); metrics.jsonl, TensorBoard events, the LR
+    plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
+    `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
+    """
+    mesh_lib.maybe_initialize_distributed(options.mesh.distributed)
+    out = local_run_directory(out_uri)
+    packed = read_packed_stages(pack_dir)
+    seq_len = packed["seq_len"]
+    plans = _plans(packed, options)
+    checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), options.keep_checkpoints)
+    last_step = min(plans[-1].end_step, max_steps) if max_steps else plans[-1].end_step
+    if (checkpointer.latest_step() or 0) >= last_step and (out / "summary.json").exists():
+        log(f"already trained to step {checkpointer.latest_step()}: nothing to do")
+        checkpointer.close()
+        return json.loads((out / "summary.json").read_text())
+    micro_batch = options.batch_size // options.grad_accum_steps
+    if options.batch_size % (options.grad_accum_steps * jax.process_count()):
+        raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
+
+    model = build_model(model_options, vocab_size)
+    schedule = curriculum_schedule(plans, options.peak_lr, options.slow_decay_end_ratio, options.final_lr_ratio)
+    tx = make_optimizer(schedule, b1=options.b1, b2=options.b2, eps=options.eps,
+                        weight_decay=options.weight_decay, grad_clip=options.grad_clip)
+    mesh = mesh_lib.make_mesh(options.mesh.data, options.mesh.fsdp, options.mesh.tensor)
+    shardings = state_shardings(model, tx, mesh)
+    train_step = make_train_step(model, tx, schedule, mesh, shardings)
+    loader = CurriculumLoader(
+        [StageData(p.name, str(Path(pack_dir) / _stage_entry(packed, p.name)["train_dir"]), p.start_step)
+         for p in plans],
+        batch_rows=options.batch_size // jax.process_count(), seed=options.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    alarm = LossSpikeAlarm(options.spike_factor, options.spike_warmup_steps)
+
+    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options)
+    if start_step:
+        log(f"resuming from the checkpoint of step {start_step}")
+
+    heldout = heldout_rows(pack_dir, packed, options.eval_batches * micro_batch)
+    evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
+    baseline = unigram_baseline_loss(pack_dir, heldout)
+    plot_schedule(schedule, plans, str(out / "lr_schedule.png"))
+    flops_per_token = training_flops_per_token(model.spec, seq_len)
+    peak_flops, peak_source = device_peak_flops(options.peak_flops_per_device)
+    writer = MetricsWriter(out, resume_after_step=start_step)
+    log(f"pretraining {model.spec.name}: steps {start_step}->{last_step} of {plans[-1].end_step}, "
+        f"{jax.device_count()} device(s), unigram baseline {baseline:.3f}")
+
+    heldout_loss = None
+    for step in range(start_step, last_step):
+        stage, rows = loader.batch_for_step(step)
+        rows = {k: v.reshape(options.grad_accum_steps, -1, *v.shape[1:]) for k, v in rows.items()}
+        started = time.perf_counter()
+        state, metrics = train_step(state, device_batch(rows, mesh, batch_axis=1))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        seconds = time.perf_counter() - started
+        plan = plans[[p.name for p in plans].index(stage.name)]
+        record = {
+            "step": step + 1, "stage": stage.name, "tokens": int(_tokens_after(plans, step + 1)),
+            **metrics, "step_seconds": seconds, "tokens_per_s": plan.tokens_per_step / seconds,
+            "mfu": plan.tokens_per_step * flops_per_token / seconds / (peak_flops * jax.device_count()),
+            "loss_spike": alarm.update(metrics["loss"]),
+        }
+        if record["loss_spike"]:
+            log(f"LOSS SPIKE at step {step + 1}: {metrics['loss']:.4f} (average {alarm.average:.4f})")
+        if (step + 1) % options.eval_every == 0 or step + 1 == last_step:
+            heldout_loss = record["heldout_loss"] = evaluator.loss(state.params)
+        writer.write(record)
+        if on_step:
+            on_step(record)
+        if (step + 1) % options.checkpoint_every == 0 or step + 1 == last_step:
+            checkpointer.save(step + 1, state, loader.get_state(), {"alarm": alarm.get_state()})
+            writer.flush()
+            sync_run_files(out, out_uri)
+    checkpointer.close()
+    writer.close()
+    summary = {
+        "last_step": last_step, "total_steps": plans[-1].end_step, "heldout_loss": heldout_loss,
+        "unigram_baseline_loss": baseline, "flops_per_token": flops_per_token, "peak_flops_per_device": peak_flops,
+        "peak_flops_source": peak_source, "stages": [dataclasses.asdict(p) for p in plans],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    sync_run_files(out, out_uri)
+    return summary
+
+
+def local_run_directory(out_uri: str) -> Path:
+    """Where metrics and plots are written: the run directory itself, or a local mirror of a gs:// one."""
+    if not is_gcs(out_uri):
+        path = Path(normalize_uri(out_uri))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    mirror = CACHE_DIR / "runs" / hashlib.sha256(out_uri.encode()).hexdigest()[:16]
+    mirror.mkdir(parents=True, exist_ok=True)
+    metrics_uri = join(out_uri, "metrics.jsonl")
+    if store_for(out_uri).exists(metrics_uri):  # a resumed run appends to what the killed one uploaded
+        (mirror / "metrics.jsonl").write_bytes(store_for(out_uri).read_bytes(metrics_uri))
+    return mirror
+
+
+def sync_run_files(local: Path, out_uri: str) -> None:
+    if is_gcs(out_uri):
+        upload_directory(local, out_uri)
+
+
+def options_from_config(cfg) -> tuple[ModelOptions, TrainOptions]:
+    train = cfg.train.model_dump()
+    train["mesh"] = MeshOptions(**train["mesh"])
+    train["stage_tokens"] = cfg.curriculum()
+    return ModelOptions(**cfg.model.model_dump()), TrainOptions(**train)
+
+
+def run(ctx) -> dict:
+    """The `pretrain` stage: resumes in its artifact directory from the latest checkpoint."""
+    from xgen_core.tokens.tokenizer import load_tokenizer
+
+    model_options, train_options = options_from_config(ctx.cfg)
+    _, tokenizer_config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
+    summary = pretrain(
+        str(local_directory(ctx.inputs["pack"])), ctx.output, model_options, train_options,
+        vocab_size=tokenizer_config["vocab_size"], max_steps=ctx.cfg.train_run.max_steps, log=ctx.log,
+    )
+    return {
+        "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
+        "complete": summary["last_step"] >= summary["total_steps"],
+        "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+    }
+
+
+def _plans(packed: dict, options: TrainOptions):
+    packed_names = [s["name"] for s in packed["stages"]]
+    missing = [name for name in options.stage_tokens if name not in packed_names]
+    if missing:
+        raise XgenError(f"curriculum stages {missing} have no packed shards (packed: {packed_names})")
+    budgets = [(name, int(tokens), packed["seq_len"]) for name, tokens in options.stage_tokens.items()]
+    return plan_stages(budgets, options.batch_size)
+
+
+def _stage_entry(packed: dict, name: str) -> dict:
+    return next(s for s in packed["stages"] if s["name"] == name)
+
+
+def _tokens_after(plans, steps: int) -> int:
+    return sum(min(max(steps - p.start_step, 0), p.steps) * p.tokens_per_step for p in plans)
+
+
+def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options):
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return init_state(model, tx, mesh, shardings, options.seed), 0
+    state_like = abstract_state(model, tx)
+    state, data_state, meta = checkpointer.restore(latest, state_like, shardings)
+    loader.set_state(data_state)
+    alarm.set_state(meta["alarm"])
+    return state, latest

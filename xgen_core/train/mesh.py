@@ -1,0 +1,82 @@
+"""Device mesh with `data`, `fsdp` and `tensor` axes, and the rules mapping logical axis names onto it.
+
+Parameters carry logical names (xgen_core/model/layers.py); LOGICAL_RULES says which mesh axis each name
+is split over. Weights are split over `fsdp` along their embedding dimension and over `tensor` along
+heads / MLP / vocabulary; activations are split over `data` and `fsdp` along the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from xgen_core.errors import XgenError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES = (
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("norm", None),
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_vocab", "tensor"),
+)
+
+
+def maybe_initialize_distributed(enabled: bool) -> None:
+    """Join a multi-host job (TPU slice, GKE): coordinator and process ids come from the environment."""
+    if enabled and jax.process_count() == 1 and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[int, int, int]:
+    """Resolve one axis given as -1 to "all remaining devices" and check the product."""
+    shape = [data, fsdp, tensor]
+    if shape.count(-1) > 1:
+        raise XgenError("at most one mesh axis may be -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if device_count % known:
+            raise XgenError(f"{device_count} devices do not divide into mesh axes {shape}")
+        shape[shape.index(-1)] = device_count // known
+    if math.prod(shape) != device_count:
+        raise XgenError(f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs {math.prod(shape)} "
+                        f"devices, have {device_count}")
+    return tuple(shape)
+
+
+def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> jax.sharding.Mesh:
+    """Mesh over `devices` (default: all). Auto axes: the compiler propagates shardings from the annotated
+    inputs and the logical constraints (Explicit axes would turn every constraint into an assertion)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def logical_shardings(boxed_tree, mesh):
+    """NamedShardings for a pytree whose leaves carry logical axis names (nn.LogicallyPartitioned)."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
+    spec = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
