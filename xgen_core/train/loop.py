@@ -27,7 +27,9 @@ from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
 from xgen_core.tokens.packing import inputs_and_targets
 from xgen_core.train import mesh as mesh_lib
 from xgen_core.train.checkpoint import Checkpointer
-from xgen_core.train.metrics import LossSpikeAlarm, MetricsWriter, device_peak_flops
+from xgen_core.train.metrics import (
+    LossSpikeAlarm, MetricsWriter, device_peak_flops, plot_losses, read_metrics,
+)
 from xgen_core.train.optimizer import make_optimizer
 from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule
 from xgen_core.train.step import (
@@ -226,6 +228,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
         "peak_flops_source": peak_source, "stages": [dataclasses.asdict(p) for p in plans],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_losses(read_metrics(out / "metrics.jsonl"), {p.name: p.start_step for p in plans}, str(out / "loss.png"))
     sync_run_files(out, out_uri)
     return summary
 
