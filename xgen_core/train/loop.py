@@ -47,6 +47,7 @@ class ModelOptions:
     compute_dtype: str
     param_dtype: str
     remat: bool
+    scan_layers: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,7 @@ def build_model(options: ModelOptions, tokenizer_vocab_size: int) -> Decoder:
         compute_dtype=jnp.dtype(options.compute_dtype),
         param_dtype=jnp.dtype(options.param_dtype),
         remat=options.remat,
+        scan_layers=options.scan_layers,
     )
 
 
