@@ -50,7 +50,7 @@ test-fast: env
 airflow: env $(AIRFLOW_HOME)/airflow.db
 	@echo "Airflow on http://localhost:8080 ; login printed below (also in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated)"
 	@( sleep 25; echo; echo "login: $$(cat $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated 2>/dev/null)"; echo ) &
-	AIRFLOW__API__HOST=127.0.0.1 $(VENV)/bin/airflow standalone
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH AIRFLOW__API__HOST=127.0.0.1 $(VENV)/bin/airflow standalone
 
 clean:
 	rm -rf $(ARTIFACTS) $(AIRFLOW_HOME)

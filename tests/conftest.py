@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import uuid
 
 import pytest
 
@@ -64,3 +65,31 @@ def spark():
     session = get_spark(load_config("tiny").spark)
     yield session
     session.stop()
+
+
+def _root_on(backend: str, request, tmp_path):
+    """A fresh root URI on one storage backend; gs:// roots route through the emulator or the GCS double."""
+    from tests.fake_gcs import FakeClient
+    from xgen_core.storage import use_gcs_client
+
+    if backend == "local":
+        yield str(tmp_path / "artifacts")
+    elif backend == "gcs-emulator":
+        yield f"{request.getfixturevalue('gcs_emulator')}/{uuid.uuid4().hex}"
+    else:
+        use_gcs_client(FakeClient())
+        try:
+            yield f"gs://fake-bucket/{uuid.uuid4().hex}"
+        finally:
+            use_gcs_client(None)
+
+
+@pytest.fixture(params=["local", "gcs-emulator", "gcs-fake"])
+def root(request, tmp_path):
+    yield from _root_on(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["local", "gcs-fake"])
+def cas_root(request, tmp_path):
+    """Backends whose write-once and compare-and-swap can be proven (the emulator ignores preconditions)."""
+    yield from _root_on(request.param, request, tmp_path)

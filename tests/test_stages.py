@@ -6,38 +6,12 @@ import json
 import logging
 import threading
 import time
-import uuid
 
 import pytest
 
-from tests.fake_gcs import FakeClient
 from xgen_core import artifacts
 from xgen_core.stages import STAGES, pipeline_order, resolve, run_stage
-from xgen_core.storage import join, store_for, use_gcs_client
-
-
-@pytest.fixture(params=["local", "gcs-emulator", "gcs-fake"])
-def root(request, tmp_path):
-    yield from _root(request, tmp_path)
-
-
-@pytest.fixture(params=["local", "gcs-fake"])
-def cas_root(request, tmp_path):
-    """Roots whose preconditions are enforced, for the concurrency tests (the emulator ignores them)."""
-    yield from _root(request, tmp_path)
-
-
-def _root(request, tmp_path):
-    if request.param == "local":
-        yield str(tmp_path / "artifacts")
-    elif request.param == "gcs-emulator":
-        yield f"{request.getfixturevalue('gcs_emulator')}/{uuid.uuid4().hex}"
-    else:
-        use_gcs_client(FakeClient())
-        try:
-            yield f"gs://fake-bucket/{uuid.uuid4().hex}"
-        finally:
-            use_gcs_client(None)
+from xgen_core.storage import join, store_for
 
 
 def committed_versions(root: str, stage: str) -> list[str]:

@@ -3,41 +3,10 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
-import pytest
 
 from tests.fake_gcs import FakeClient
 from xgen_core.storage import GCSStore, LocalStore, join, store_for, use_gcs_client
-
-
-@pytest.fixture(params=["local", "gcs-emulator", "gcs-fake"])
-def root(request, tmp_path):
-    """A fresh root URI on each backend; gs:// roots route through the emulator or the fake."""
-    if request.param == "local":
-        yield str(tmp_path)
-    elif request.param == "gcs-emulator":
-        base = request.getfixturevalue("gcs_emulator")
-        yield f"{base}/{uuid.uuid4().hex}"
-    else:
-        use_gcs_client(FakeClient())
-        try:
-            yield f"gs://fake-bucket/{uuid.uuid4().hex}"
-        finally:
-            use_gcs_client(None)
-
-
-@pytest.fixture(params=["local", "gcs-fake"])
-def cas_root(request, tmp_path):
-    """Backends whose write-once and compare-and-swap can be proven (the emulator ignores preconditions)."""
-    if request.param == "local":
-        yield str(tmp_path)
-    else:
-        use_gcs_client(FakeClient())
-        try:
-            yield f"gs://fake-bucket/{uuid.uuid4().hex}"
-        finally:
-            use_gcs_client(None)
 
 
 def test_store_for_picks_backend_by_scheme(tmp_path):

@@ -165,13 +165,21 @@ class StageContext:
     output: str
     run_id: str
     _spark: Any = None
+    _spark_progress: Any = None
 
     def spark(self):
         if self._spark is None:
             from xgen_core.data.spark import get_spark
+            from xgen_core.progress import SparkProgress
 
             self._spark = get_spark(self.cfg.spark)
+            self._spark_progress = SparkProgress(self._spark, self.name).start()
         return self._spark
+
+    def track(self, items, description: str, total: int | None = None):
+        from xgen_core.progress import track
+
+        return track(items, f"[{self.name}] {description}", total)
 
     def log(self, message: str) -> None:
         log.info("[%s] %s", self.name, message)
@@ -347,7 +355,11 @@ def _run_scoped(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome:
 def _call(stage: Stage, ctx: StageContext) -> dict | None:
     module_name, _, function_name = stage.fn.partition(":")
     function = getattr(importlib.import_module(module_name), function_name)
-    return function(ctx)  # a Spark session stays up for the next stage of this process (getOrCreate)
+    try:
+        return function(ctx)  # a Spark session stays up for the next stage of this process (getOrCreate)
+    finally:
+        if ctx._spark_progress is not None:
+            ctx._spark_progress.stop()
 
 
 def run_dir(root: str, run_id: str) -> str:

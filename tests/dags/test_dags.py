@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from xgen_core import artifacts
-from xgen_core.stages import STAGES, pipeline_order
+from xgen_core.stages import pipeline_order
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"

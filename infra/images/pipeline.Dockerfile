@@ -1,0 +1,27 @@
+# The pipeline image: what every stage container runs (`python -m data_jobs.<stage>` / `python -m train_jobs.<stage>`).
+# Spark stages need Java; JAX stages on TPU hosts build with --build-arg EXTRAS="--extra tpu" (jax[tpu], libtpu).
+FROM python:3.11-slim-bookworm
+
+ARG EXTRAS=""
+ENV PYTHONUNBUFFERED=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYSPARK_PYTHON=/opt/venv/bin/python
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+ && rm -rf /var/lib/apt/lists/* \
+ && pip install --no-cache-dir uv==0.13.9
+
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project $EXTRAS
+COPY xgen_core ./xgen_core
+COPY data_jobs ./data_jobs
+COPY train_jobs ./train_jobs
+COPY operators ./operators
+COPY configs ./configs
+RUN uv sync --frozen --no-dev $EXTRAS
+
+ENTRYPOINT ["python", "-m"]
+CMD ["xgen_core.cli", "--help"]
