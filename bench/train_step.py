@@ -116,7 +116,9 @@ def main():
     peaks = {name: max(before[name], after[name]) for name in before}
     peak = max(peaks.values())
     device = jax.devices()[0]
-    datasheet = next((f for prefix, f in PEAK_FLOPS_BY_DEVICE_KIND.items() if device.device_kind.startswith(prefix)), None)
+    datasheet = next(
+        (f for prefix, f in PEAK_FLOPS_BY_DEVICE_KIND.items() if device.device_kind.startswith(prefix)), None
+    )
     print(json.dumps({"device": device.device_kind, "platform": device.platform,
                       "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
                       "matmul_before_tflops": {k: v / 1e12 for k, v in before.items()},

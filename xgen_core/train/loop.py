@@ -215,6 +215,9 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
             log(f"LOSS SPIKE at step {step + 1}: {metrics['loss']:.4f} (average {alarm.average:.4f})")
         if (step + 1) % options.eval_every == 0 or step + 1 == last_step:
             heldout_loss = record["heldout_loss"] = evaluator.loss(state.params)
+            log(f"step {step + 1}/{last_step} ({stage.name}): loss {record['loss']:.3f}, held-out "
+                f"{heldout_loss:.3f} (unigram {baseline:.3f}), lr {record['lr']:.2e}, "
+                f"{record['tokens_per_s']:.0f} tok/s")
         writer.write(record)
         if on_step:
             on_step(record)
