@@ -60,9 +60,10 @@ def random_rows(batch: int, seq_len: int, vocab: int, accum: int, seed: int = 0)
 
 
 def time_train_step(preset: str, compute_dtype: str, batch: int, seq_len: int, accum: int, steps: int,
-                    attention_impl: str, remat: bool) -> dict:
+                    attention_impl: str, remat: bool, scan_layers: bool) -> dict:
     spec = get_preset(preset)
-    model = Decoder(spec, attention_impl=attention_impl, compute_dtype=jnp.dtype(compute_dtype), remat=remat)
+    model = Decoder(spec, attention_impl=attention_impl, compute_dtype=jnp.dtype(compute_dtype), remat=remat,
+                    scan_layers=scan_layers)
     tx = make_optimizer(lambda step: 1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
     mesh = mesh_lib.make_mesh(1, -1, 1)
     shardings = state_shardings(model, tx, mesh)
@@ -83,7 +84,7 @@ def time_train_step(preset: str, compute_dtype: str, batch: int, seq_len: int, a
     flops = training_flops_per_token(spec, seq_len) * tokens
     return {
         "preset": preset, "compute_dtype": compute_dtype, "batch": batch, "seq_len": seq_len, "accum": accum,
-        "attention": attention_impl, "remat": remat, "first_step_s": compile_and_first,
+        "attention": attention_impl, "remat": remat, "scan_layers": scan_layers, "first_step_s": compile_and_first,
         "step_s_best": min(times), "step_s_median": statistics.median(times),
         "model_tflops_best": flops / min(times) / 1e12, "model_tflops_median": flops / statistics.median(times) / 1e12,
         "loss": float(metrics["loss"]),
@@ -100,20 +101,24 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--unrolled", action="store_true", help="layers unrolled instead of nn.scan")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-repeats", type=int, default=10)
     args = parser.parse_args()
 
     before = best_matmul_flops(args.matmul_size, args.matmul_repeats)
     results = [
-        time_train_step(preset, dtype, args.batch, args.seq_len, args.accum, args.steps, args.attention, args.remat)
+        time_train_step(preset, dtype, args.batch, args.seq_len, args.accum, args.steps, args.attention, args.remat,
+                        scan_layers=not args.unrolled)
         for preset in args.presets.split(",") for dtype in args.compute_dtypes.split(",")
     ]
     after = best_matmul_flops(args.matmul_size, args.matmul_repeats)
     peaks = {name: max(before[name], after[name]) for name in before}
     peak = max(peaks.values())
     device = jax.devices()[0]
-    datasheet = next((f for prefix, f in PEAK_FLOPS_BY_DEVICE_KIND.items() if device.device_kind.startswith(prefix)), None)
+    datasheet = next(
+        (f for prefix, f in PEAK_FLOPS_BY_DEVICE_KIND.items() if device.device_kind.startswith(prefix)), None
+    )
     print(json.dumps({"device": device.device_kind, "platform": device.platform,
                       "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
                       "matmul_before_tflops": {k: v / 1e12 for k, v in before.items()},

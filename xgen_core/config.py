@@ -145,6 +145,7 @@ class ModelConfig(Section):
     compute_dtype: Literal["bfloat16", "float32"]
     param_dtype: Literal["float32", "bfloat16"]
     remat: bool
+    scan_layers: bool
 
 
 class MeshConfig(Section):

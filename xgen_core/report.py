@@ -17,6 +17,15 @@ REPORT_FILE = "report.md"
 SECTIONS: dict[str, Callable[[dict, str, str], str]] = {}  # stage -> fn(manifest, artifact_uri, run_dir) -> md
 
 
+def _pretrain_section(manifest: dict, uri: str, folder: str) -> str:
+    from xgen_core.train.metrics import pretrain_report_section
+
+    return pretrain_report_section(manifest, uri, folder)
+
+
+SECTIONS["pretrain"] = _pretrain_section
+
+
 def run(ctx) -> dict:
     path = write_report(ctx.cfg.root, ctx.run_id)
     ctx.log(f"report: {path}")

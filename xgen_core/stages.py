@@ -160,7 +160,7 @@ STAGES: tuple[Stage, ...] = (
         backend="jax",
         resources="tpu",
         description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
-        flags=(Flag("--steps", "train_run.max_steps", int, "train up to this step, resuming from the latest checkpoint"),),
+        flags=(Flag("--steps", "train_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
         resumable=True,
     ),
     Stage(

@@ -85,3 +85,12 @@ def test_unknown_implementation_refused():
 def test_pallas_kernels_need_block_multiple():
     with pytest.raises(XgenError, match="multiple of 128"):
         attn._pallas_block(200)
+
+
+def test_blocked_xla_attention_matches_one_block():
+    """Query blocks against key prefixes give the same result as the full score matrix."""
+    q, k, v = random_qkv(seed=3)
+    segments = jnp.asarray(SEGMENTS)
+    blocked = attn.xla_attention(q, k, v, segments, query_block=32)
+    whole = attn.xla_attention(q, k, v, segments, query_block=SEQ)
+    np.testing.assert_allclose(blocked, whole, atol=1e-5)

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -45,6 +46,7 @@ def test_flops_per_token_counts_gqa_and_halves_causal_attention():
     )
 
 
+@functools.lru_cache(maxsize=None)
 def init_micro(compute_dtype=jnp.float32, tie=False):
     spec = dataclasses.replace(get_preset("micro"), tie_embeddings=tie)
     model = Decoder(spec, attention_impl="xla", compute_dtype=compute_dtype)

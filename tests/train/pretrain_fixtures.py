@@ -20,7 +20,7 @@ def synthetic_documents(count: int, offset: int = 0) -> list[str]:
 
 
 MICRO_MODEL = ModelOptions(preset="micro", attention_impl="auto", compute_dtype="float32",
-                           param_dtype="float32", remat=False)
+                           param_dtype="float32", remat=False, scan_layers=True)
 
 
 def micro_train_options(**changes) -> TrainOptions:

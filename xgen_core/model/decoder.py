@@ -74,14 +74,15 @@ class Decoder(nn.Module):
         else:
             for index in range(s.n_layers):
                 x, _ = block(*block_args, name=f"layer_{index}")(x, positions, segment_ids)
-        # Parameters and logits stay float32 (paper section 3.3).
-        hidden = RMSNorm(s.norm_eps, jnp.float32, self.param_dtype, name="final_norm")(x)
+        # Parameters and logits stay float32 (paper section 3.3): the output projection reads compute-dtype
+        # operands but accumulates and returns float32, as MaxText does.
+        hidden = RMSNorm(s.norm_eps, self.compute_dtype, self.param_dtype, name="final_norm")(x)
         if s.tie_embeddings:
-            logits = hidden @ embedding.astype(jnp.float32).T
+            head = embedding.T
         else:
             head = logical_param(
                 self, "lm_head", (s.d_model, s.vocab_size), ("embed", "vocab"),
                 nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"), self.param_dtype,
             )
-            logits = hidden @ head.astype(jnp.float32)
+        logits = jnp.matmul(hidden, head.astype(self.compute_dtype), preferred_element_type=jnp.float32)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

@@ -27,7 +27,9 @@ from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
 from xgen_core.tokens.packing import inputs_and_targets
 from xgen_core.train import mesh as mesh_lib
 from xgen_core.train.checkpoint import Checkpointer
-from xgen_core.train.metrics import LossSpikeAlarm, MetricsWriter, device_peak_flops
+from xgen_core.train.metrics import (
+    LossSpikeAlarm, MetricsWriter, device_peak_flops, plot_losses, read_metrics,
+)
 from xgen_core.train.optimizer import make_optimizer
 from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule
 from xgen_core.train.step import (
@@ -45,6 +47,7 @@ class ModelOptions:
     compute_dtype: str
     param_dtype: str
     remat: bool
+    scan_layers: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,7 @@ def build_model(options: ModelOptions, tokenizer_vocab_size: int) -> Decoder:
         compute_dtype=jnp.dtype(options.compute_dtype),
         param_dtype=jnp.dtype(options.param_dtype),
         remat=options.remat,
+        scan_layers=options.scan_layers,
     )
 
 
@@ -201,17 +205,15 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
         state, metrics = train_step(state, device_batch(rows, mesh, batch_axis=1))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         seconds = time.perf_counter() - started
-        plan = plans[[p.name for p in plans].index(stage.name)]
-        record = {
-            "step": step + 1, "stage": stage.name, "tokens": int(_tokens_after(plans, step + 1)),
-            **metrics, "step_seconds": seconds, "tokens_per_s": plan.tokens_per_step / seconds,
-            "mfu": plan.tokens_per_step * flops_per_token / seconds / (peak_flops * jax.device_count()),
-            "loss_spike": alarm.update(metrics["loss"]),
-        }
+        record = _step_record(step + 1, stage.name, plans, metrics, seconds, flops_per_token, peak_flops)
+        record["loss_spike"] = alarm.update(metrics["loss"])
         if record["loss_spike"]:
             log(f"LOSS SPIKE at step {step + 1}: {metrics['loss']:.4f} (average {alarm.average:.4f})")
         if (step + 1) % options.eval_every == 0 or step + 1 == last_step:
             heldout_loss = record["heldout_loss"] = evaluator.loss(state.params)
+            log(f"step {step + 1}/{last_step} ({stage.name}): loss {record['loss']:.3f}, held-out "
+                f"{heldout_loss:.3f} (unigram {baseline:.3f}), lr {record['lr']:.2e}, "
+                f"{record['tokens_per_s']:.0f} tok/s")
         writer.write(record)
         if on_step:
             on_step(record)
@@ -221,12 +223,15 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
             sync_run_files(out, out_uri)
     checkpointer.close()
     writer.close()
+    if heldout_loss is None:  # resumed from a checkpoint of the last step: nothing trained, still report
+        heldout_loss = evaluator.loss(state.params)
     summary = {
         "last_step": last_step, "total_steps": plans[-1].end_step, "heldout_loss": heldout_loss,
         "unigram_baseline_loss": baseline, "flops_per_token": flops_per_token, "peak_flops_per_device": peak_flops,
         "peak_flops_source": peak_source, "stages": [dataclasses.asdict(p) for p in plans],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_losses(read_metrics(out / "metrics.jsonl"), {p.name: p.start_step for p in plans}, str(out / "loss.png"))
     sync_run_files(out, out_uri)
     return summary
 
@@ -271,6 +276,17 @@ def run(ctx) -> dict:
         "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
         "complete": summary["last_step"] >= summary["total_steps"],
         "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+    }
+
+
+def _step_record(step: int, stage_name: str, plans, metrics: dict, seconds: float, flops_per_token: float,
+                 peak_flops: float) -> dict:
+    """One line of metrics.jsonl: the step's metrics plus tokens so far, throughput and MFU."""
+    tokens_per_step = next(p.tokens_per_step for p in plans if p.name == stage_name)
+    return {
+        "step": step, "stage": stage_name, "tokens": int(_tokens_after(plans, step)), **metrics,
+        "step_seconds": seconds, "tokens_per_s": tokens_per_step / seconds,
+        "mfu": tokens_per_step * flops_per_token / seconds / (peak_flops * jax.device_count()),
     }
 
 

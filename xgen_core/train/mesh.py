@@ -38,8 +38,10 @@ LOGICAL_RULES = (
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:
-    """Join a multi-host job (TPU slice, GKE): coordinator and process ids come from the environment."""
-    if enabled and jax.process_count() == 1 and not jax.distributed.is_initialized():
+    """Join a multi-host job (TPU slice, GKE): coordinator and process ids come from the environment.
+
+    Must run before anything touches a JAX backend (even jax.process_count() would start one)."""
+    if enabled and not jax.distributed.is_initialized():
         jax.distributed.initialize()
 
 

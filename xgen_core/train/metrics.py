@@ -109,3 +109,52 @@ class MetricsWriter:
 
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def plot_losses(records: list[dict], stage_starts: dict[str, int], path: str) -> None:
+    """Training and held-out loss against step, curriculum stage starts marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    axis.plot([r["step"] for r in records], [r["loss"] for r in records], label="train", color="black", lw=1)
+    heldout = [r for r in records if r.get("heldout_loss") is not None]
+    axis.plot([r["step"] for r in heldout], [r["heldout_loss"] for r in heldout], "o-", label="held-out", color="C1")
+    for name, start in stage_starts.items():
+        axis.axvline(start, color="grey", linestyle=":")
+        axis.text(start, axis.get_ylim()[1], name, fontsize=7, va="top")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (nats/token)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def pretrain_report_section(manifest: dict, uri: str, run_folder: str) -> str:
+    """Markdown for the run report: losses against the unigram baseline, throughput, the two plots."""
+    from xgen_core.storage import join, store_for
+
+    store = store_for(uri)
+    summary = json.loads(store.read_text(join(uri, "summary.json")))
+    records = [json.loads(line) for line in store.read_text(join(uri, "metrics.jsonl")).splitlines() if line]
+    mfus = sorted(r["mfu"] for r in records[1:]) or [records[-1]["mfu"]]
+    lines = [
+        f"Trained {summary['last_step']} of {summary['total_steps']} steps ({records[-1]['tokens']:,} tokens).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| held-out loss | {summary['heldout_loss']:.3f} |",
+        f"| unigram-entropy baseline | {summary['unigram_baseline_loss']:.3f} |",
+        f"| final train loss | {records[-1]['loss']:.3f} |",
+        f"| loss-spike alarms | {sum(bool(r['loss_spike']) for r in records)} |",
+        f"| median MFU (peak {summary['peak_flops_per_device'] / 1e12:.2f} TFLOP/s, {summary['peak_flops_source']}) "
+        f"| {mfus[len(mfus) // 2]:.1%} |",
+        "",
+        f"![learning rate]({join(uri, 'lr_schedule.png')})",
+        "",
+        f"![loss]({join(uri, 'loss.png')})",
+    ]
+    return "\n".join(lines)
