@@ -25,7 +25,7 @@ help:
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_PIN)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it
 	@touch $@
 
 env: $(VENV)/.synced

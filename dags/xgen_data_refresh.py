@@ -15,5 +15,7 @@ dag = stage_dag(
         "inputs": Param([], type="array", items={"type": "string"},
                         description="crawl files or folders to ingest; empty = the profile's ingest.inputs"),
     },
-    param_overrides={"ingest": {"inputs": "ingest.inputs"}},
+    # Every curation task gets the override: the ingest inputs decide ingest's version, which the downstream
+    # stages resolve to find their input.
+    param_overrides={stage.name: {"inputs": "ingest.inputs"} for stage in CURATION},
 )

@@ -54,3 +54,9 @@ def test_the_stage_table_is_the_only_list_of_stages():
             literals = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)}
             listed = (literals & stage_names) - {"report", "ingest", "sample_corpus"}
             assert not listed, f"{path.relative_to(REPO)} names stages {listed}; read xgen_core.stages instead"
+
+
+def test_fasttext_is_the_full_build_that_can_train():
+    import fasttext
+
+    assert hasattr(fasttext, "train_supervised"), "a predict-only fasttext build shadows fasttext-numpy2-wheel"

@@ -61,6 +61,72 @@ class IngestConfig(Section):
     default_snapshot: str
 
 
+class DedupConfig(Section):
+    inputs: list[str]
+    ngram: int
+    num_perm: int
+    seed: int
+    threshold: float
+    top_k: int
+    verify_jaccard: bool
+    rank_by: list[Literal["quality", "recency", "length"]]
+    output_files: int
+    max_doc_chars: int
+    reuse_signatures_from: str
+
+
+class ClassifierConfig(Section):
+    name: str
+    kind: Literal["quality", "domain"]
+    positive_sources: list[str]
+    negative_sources: list[str]
+
+
+class QualityTrainConfig(Section):
+    classifiers: list[ClassifierConfig]
+    max_docs_per_class: int
+    holdout_fraction: float
+    dim: int
+    buckets: int
+    epochs: int
+    learning_rate: float
+    seed: int
+
+
+class SignalsConfig(Section):
+    heuristics: dict[str, float]
+    domain_tag_threshold: float
+    languages: list[str]
+    min_language_score: float
+    decontam_ngram: int
+    eval_sets: list[Literal["humaneval", "math_eval", "long_context"]]
+    output_files: int
+
+
+class SignalRuleConfig(Section):
+    name: str
+    kind: Literal["percentile", "tag", "buckets"]
+    column: str
+    buckets: list[tuple[float, float]]
+    tag_weight: float
+    share: float
+
+
+class CurriculumStageConfig(Section):
+    name: str
+    tokens: int
+    pl_share: float
+    min_quality_percentile: float
+
+
+class MixtureConfig(Section):
+    signals: list[SignalRuleConfig]
+    merge: Literal["mixture", "mean", "max"]
+    stages: list[CurriculumStageConfig]
+    pl_tag: str
+    chars_per_token: float
+    seed: int
+    output_files: int
 class TokenizerConfig(Section):
     vocab_size: int
     min_frequency: int
@@ -68,7 +134,6 @@ class TokenizerConfig(Section):
 
 
 class PackConfig(Section):
-    stages: list[str]
     seq_len: int
     heldout_fraction: float
     rows_per_shard: int
@@ -91,7 +156,6 @@ class MeshConfig(Section):
 
 
 class TrainConfig(Section):
-    stage_tokens: dict[str, int]
     batch_size: int
     grad_accum_steps: int
     peak_lr: float
@@ -126,11 +190,19 @@ class XgenConfig(Section):
     orchestration: OrchestrationConfig
     sample_corpus: SampleCorpusConfig
     ingest: IngestConfig
+    dedup: DedupConfig
+    quality_train: QualityTrainConfig
+    signals: SignalsConfig
+    mixture: MixtureConfig
     tokenizer: TokenizerConfig
     pack: PackConfig
     model: ModelConfig
     train: TrainConfig
     train_run: TrainRunConfig
+
+    def curriculum(self) -> dict[str, int]:
+        """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""
+        return {stage.name: stage.tokens for stage in self.mixture.stages}
 
     def section(self, dotted: str) -> Any:
         value: Any = self

@@ -65,3 +65,12 @@ def _counts_table(counts: dict) -> list[str]:
     if not counts:
         return ["(no counts recorded)"]
     return ["| count | value |", "|---|---|"] + [f"| {k} | {v:,} |" if isinstance(v, int) else f"| {k} | {v} |" for k, v in counts.items()]
+
+
+def _register_sections() -> None:
+    from xgen_core.data.data_report import report_section
+
+    SECTIONS["mixture"] = report_section
+
+
+_register_sections()

@@ -86,11 +86,57 @@ STAGES: tuple[Stage, ...] = (
         flags=(Flag("--max-bad-fraction", "ingest.max_bad_fraction", float, "quarantine share that fails the stage"),),
     ),
     Stage(
+        name="dedup",
+        group="data",
+        fn="xgen_core.data.dedup:run",
+        upstream=("ingest",),
+        config_sections=("dedup",),
+        backend="spark",
+        resources="spark",
+        description="Exact + MinHash-LSH clusters annotated, not dropped: top-k variants kept, frequency metadata",
+        external_inputs="dedup.inputs",
+        flags=(
+            Flag("--top-k", "dedup.top_k", int, "distinct variants kept per cluster"),
+            Flag("--threshold", "dedup.threshold", float, "Jaccard threshold (LSH bands and edge check)"),
+            Flag("--reuse-signatures-from", "dedup.reuse_signatures_from", str, "earlier dedup artifact to reuse"),
+        ),
+    ),
+    Stage(
+        name="quality_train",
+        group="data",
+        fn="xgen_core.data.quality_train:run",
+        upstream=("dedup",),
+        config_sections=("quality_train",),
+        backend="spark",
+        resources="spark",
+        description="fastText-style quality ensemble and code/math domain classifiers, saved as model artifacts",
+    ),
+    Stage(
+        name="signals",
+        group="data",
+        fn="xgen_core.data.signals:run",
+        upstream=("dedup", "quality_train"),
+        config_sections=("signals",),
+        backend="spark",
+        resources="spark",
+        description="Heuristic fields and pass/fail rule, classifier scores, domain tags, language, decontamination",
+    ),
+    Stage(
+        name="mixture",
+        group="data",
+        fn="xgen_core.data.mixture:run",
+        upstream=("signals",),
+        config_sections=("mixture",),
+        backend="spark",
+        resources="spark",
+        description="Per-signal upsampling merged into one weight; one manifest per curriculum stage; data report",
+    ),
+    Stage(
         name="tokenizer",
         group="train",
         fn="xgen_core.tokens.tokenizer:run",
-        upstream=("ingest",),
-        config_sections=("tokenizer", "pack.stages"),
+        upstream=("mixture",),
+        config_sections=("tokenizer",),
         backend="python",
         resources="cpu",
         description="Byte-level BPE (102,400 tokens at paper scale) with BOS/EOS/pad and chat special tokens",
@@ -99,7 +145,7 @@ STAGES: tuple[Stage, ...] = (
         name="pack",
         group="train",
         fn="xgen_core.tokens.shards:run",
-        upstream=("ingest", "tokenizer"),
+        upstream=("mixture", "tokenizer"),
         config_sections=("pack",),
         backend="python",
         resources="cpu",
@@ -259,7 +305,7 @@ def _reuse_or_build(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome
     )
     waited_for = None
     while True:
-        if artifacts.is_committed(final) and not stage.resumable:
+        if artifacts.is_committed(final) and artifacts.read_manifest(final).get("complete", True):
             log.info("%s is already committed at %s: reusing it, nothing to do", stage.name, final)
             return Outcome(stage.name, resolved.version, final, True, artifacts.read_manifest(final))
         if lease.try_acquire():
@@ -324,6 +370,7 @@ def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, st
         "run_id": run_id,
         "started_at": started,
         "finished_at": _now(),
+        "complete": result.get("complete", True),  # False: a resumable stage stopped early (e.g. --steps)
     }
 
 

@@ -67,3 +67,14 @@ def test_stage_documents_from_parquet_and_jsonl_in_file_order(tmp_path):
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"id": 1, "text": "x"}\n\n{"id": 2, "text": "y"}\n')
     assert list(iter_stage_documents(str(jsonl))) == ["x", "y"]
+
+
+def test_mixture_repeats_are_spread_over_the_stage(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stage = tmp_path / "stages" / "s1"
+    stage.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["A", "B", "C"], "repeats": [3, 1, 2]}), stage / "part-0.parquet")
+    assert list(iter_stage_documents(str(stage))) == ["A", "B", "C", "A", "C", "A"]
+    assert list(iter_stage_documents(str(stage), expand_repeats=False)) == ["A", "B", "C"]

@@ -13,9 +13,12 @@ from xgen_core.train.metrics import read_metrics
 # A micro model on the small sample corpus: every stage of the chain in seconds.
 OVERRIDES = [
     *SMALL_CORPUS, "tokenizer.vocab_size=512", "pack.seq_len=64", "pack.rows_per_shard=64",
-    "pack.heldout_fraction=0.1", "model.preset=micro", "model.compute_dtype=float32", "train.batch_size=4",
+    "pack.heldout_fraction=0.1", "model.preset=micro", "model.compute_dtype=float32", "train.batch_size=16",
     "train.grad_accum_steps=2", "train.checkpoint_every=2", "train.eval_every=3", "train.eval_batches=1",
-    "train.stage_tokens={pl_heavy: 512, diverse: 1024, sharpening: 1024, anneal: 512}",
+    "mixture.stages=[{name: pl_heavy, tokens: 4096, pl_share: 0.6, min_quality_percentile: 0.0},"
+    " {name: diverse, tokens: 8192, pl_share: 0.35, min_quality_percentile: 0.0},"
+    " {name: sharpening, tokens: 8192, pl_share: 0.3, min_quality_percentile: 0.4},"
+    " {name: anneal, tokens: 4096, pl_share: 0.25, min_quality_percentile: 0.75}]",
 ]
 
 
@@ -38,5 +41,12 @@ def test_pretrain_command_writes_metrics_and_resumes_from_the_out_uri(tmp_path, 
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
     assert resumed[:3] == first
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"steps": 5, "curriculum_steps": 12}  # 512-1024 tokens / (4 x 64) per step
+    assert manifest["counts"] == {"steps": 5, "curriculum_steps": 24}  # 4096-8192 tokens / (16 x 64) per step
     assert "pretrain: built" in capsys.readouterr().out
+    assert not manifest["complete"]
+
+    main([*command, *OVERRIDES])  # no --steps: to the end of the curriculum, then the artifact is finished
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 25))
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    main([*command, "--steps", "20", *OVERRIDES])
+    assert "pretrain: reused" in capsys.readouterr().out

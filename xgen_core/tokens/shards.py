@@ -93,7 +93,7 @@ def run(ctx) -> dict:
 
     settings = ctx.cfg.pack
     tokenizer, config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
-    sources = curriculum_sources(ctx.inputs, settings.stages)
+    sources = curriculum_sources(ctx.inputs["mixture"], list(ctx.cfg.curriculum()))
     stage_texts = {name: iter_stage_documents(uri) for name, uri in sources.items()}
     with writable_directory(ctx.output) as directory:
         packed = pack_curriculum(tokenizer, config, stage_texts, directory, settings.seq_len,

@@ -75,8 +75,8 @@ def run(ctx) -> dict:
     from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
 
     settings = ctx.cfg.tokenizer
-    sources = list(dict.fromkeys(curriculum_sources(ctx.inputs, ctx.cfg.pack.stages).values()))
-    texts = itertools.chain.from_iterable(iter_stage_documents(uri) for uri in sources)
+    sources = curriculum_sources(ctx.inputs["mixture"], list(ctx.cfg.curriculum())).values()
+    texts = itertools.chain.from_iterable(iter_stage_documents(uri, expand_repeats=False) for uri in sources)
     if settings.max_documents:
         texts = itertools.islice(texts, settings.max_documents)
     counter = {"documents": 0}

@@ -106,7 +106,8 @@ def read_packed_stages(pack_dir: str) -> dict:
 
 def heldout_rows(pack_dir: str, packed: dict, count: int) -> dict[str, np.ndarray]:
     """The first `count` held-out rows, taken from the stages in turn: the same rows for the whole run."""
-    sources = [PackedRows(Path(pack_dir) / stage["heldout_dir"]) for stage in packed["stages"]]
+    # A small stage may hold no held-out document (the split hashes texts): the others supply the rows.
+    sources = [PackedRows(Path(pack_dir) / s["heldout_dir"]) for s in packed["stages"] if s["heldout"]["rows"]]
     rows, index = [], 0
     while len(rows) < count and any(index < len(s) for s in sources):
         rows.extend(s[index] for s in sources if index < len(s))
@@ -257,6 +258,7 @@ def sync_run_files(local: Path, out_uri: str) -> None:
 def options_from_config(cfg) -> tuple[ModelOptions, TrainOptions]:
     train = cfg.train.model_dump()
     train["mesh"] = MeshOptions(**train["mesh"])
+    train["stage_tokens"] = cfg.curriculum()
     return ModelOptions(**cfg.model.model_dump()), TrainOptions(**train)
 
 
@@ -265,9 +267,6 @@ def run(ctx) -> dict:
     from xgen_core.tokens.tokenizer import load_tokenizer
 
     model_options, train_options = options_from_config(ctx.cfg)
-    if list(train_options.stage_tokens) != list(ctx.cfg.pack.stages):
-        raise XgenError(f"train.stage_tokens names {list(train_options.stage_tokens)} must be the packed "
-                        f"curriculum stages {ctx.cfg.pack.stages}, in the same order")
     _, tokenizer_config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
     summary = pretrain(
         str(local_directory(ctx.inputs["pack"])), ctx.output, model_options, train_options,
@@ -275,6 +274,7 @@ def run(ctx) -> dict:
     )
     return {
         "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
+        "complete": summary["last_step"] >= summary["total_steps"],
         "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
     }
 

@@ -1,0 +1,155 @@
+import filecmp
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from xgen_core.data.dedup import DedupParams, run_dedup
+from xgen_core.data.neardup_set import generate, merged_hard_negatives, true_pairs_f1
+
+pytestmark = pytest.mark.spark
+
+PARAMS = DedupParams(
+    ngram=5, num_perm=128, seed=1, threshold=0.5, top_k=3, verify_jaccard=True,
+    rank_by=("quality", "recency", "length"), output_files=3, max_doc_chars=20_000,
+)  # fmt: skip
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def labelled_rows(n: int = 400, seed: int = 3) -> tuple[list, list[dict]]:
+    docs = generate(n, seed=seed)
+    rows = [{"id": d.id, "text": d.text, "url": d.url, "snapshot": d.snapshot} for d in docs]
+    return docs, rows
+
+
+def read_data(output: Path) -> list[dict]:
+    return pq.read_table(output / "data").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def labelled_run(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dedup")
+    docs, rows = labelled_rows()
+    source = write_jsonl(tmp / "in" / "docs.jsonl", rows)
+    counts = run_dedup(spark, source, str(tmp / "out"), PARAMS)
+    return docs, rows, read_data(tmp / "out"), counts, tmp
+
+
+def test_clusters_match_ground_truth(labelled_run):
+    docs, _, out, counts, _ = labelled_run
+    predicted = {row["id"]: row["cluster_id"] for row in out}
+    assert set(predicted) == {d.id for d in docs}  # no document lost
+    scores = true_pairs_f1(predicted, {d.id: d.true_cluster for d in docs})
+    assert scores["f1"] >= 0.98
+    assert any(d.kind == "negative" for d in docs)
+    assert merged_hard_negatives(predicted, docs) == 0
+    assert counts["documents"] == len(docs) and counts["quarantined"] == 0
+
+
+def test_frequency_metadata_is_exact(labelled_run):
+    docs, rows, out, _, _ = labelled_run
+    by_cluster = defaultdict(list)
+    for row in out:
+        by_cluster[row["cluster_id"]].append(row)
+    for cluster_id, members in by_cluster.items():
+        assert cluster_id == min(m["id"] for m in members)
+        domains = {m["url"].split("/")[2] for m in members}
+        texts = {m["text"] for m in members}
+        for m in members:
+            assert m["cluster_size"] == len(members)
+            assert m["n_snapshots"] == len({x["snapshot"] for x in members})
+            assert m["n_domains"] == len(domains)
+            assert m["n_variants"] == len(texts)
+            assert m["n_exact"] == sum(x["text"] == m["text"] for x in members)
+            assert m["first_snapshot"] == min(x["snapshot"] for x in members)
+            assert m["last_snapshot"] == max(x["snapshot"] for x in members)
+        assert sorted(m["cluster_rank"] for m in members) == list(range(1, len(members) + 1))
+        kept = [m for m in members if m["kept"]]
+        assert len(kept) == min(PARAMS.top_k, len(texts))
+        assert len({m["text"] for m in kept}) == len(kept)  # kept variants are distinct texts
+        assert all(m["cluster_rank"] <= PARAMS.top_k for m in kept)
+
+
+def test_recency_then_length_order_the_variants(spark, tmp_path):
+    base = " ".join(f"word{i}" for i in range(60))
+    rows = [
+        {"id": "old", "text": base, "url": "https://a.example/1", "snapshot": "CC-MAIN-2024-10"},
+        {"id": "new-short", "text": base, "url": "https://b.example/1", "snapshot": "CC-MAIN-2024-30"},
+        {"id": "new-long", "text": base + " extra", "url": "https://c.example/1", "snapshot": "CC-MAIN-2024-30"},
+        {"id": "newest", "text": base + " tail words", "url": "https://d.example/1", "snapshot": "CC-MAIN-2024-42"},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    params = DedupParams(**{**PARAMS.__dict__, "top_k": 2})
+    run_dedup(spark, source, str(tmp_path / "out"), params)
+    ranks = {row["id"]: (row["cluster_rank"], row["kept"]) for row in read_data(tmp_path / "out")}
+    # Exact copy "old" of "new-short" ranks after every distinct variant and is never kept.
+    assert ranks == {"newest": (1, True), "new-long": (2, True), "new-short": (3, False), "old": (4, False)}
+
+
+def test_short_documents_do_not_collapse_and_bad_rows_are_quarantined(spark, tmp_path):
+    rows = [
+        {"id": "s1", "text": "hello world", "url": "https://a.example/", "snapshot": "S1"},
+        {"id": "s2", "text": "goodbye moon", "url": "https://b.example/", "snapshot": "S1"},
+        {"id": "s3", "text": "yes", "url": "https://c.example/", "snapshot": "S1"},
+        {"id": "s4", "text": "Hello   World", "url": "https://d.example/", "snapshot": "S2"},
+        {"id": "empty", "text": "   ", "url": "https://e.example/", "snapshot": "S1"},
+        {"id": "binary", "text": "\x00\x01\x02abc\x03\x04", "url": "https://f.example/", "snapshot": "S1"},
+        {"id": "huge", "text": "x " * 15_000, "url": "https://g.example/", "snapshot": "S1"},
+        {"id": "s1", "text": "another text under a repeated id", "url": "https://h.example/", "snapshot": "S1"},
+        {"id": None, "text": "no id", "url": "https://i.example/", "snapshot": "S1"},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    counts = run_dedup(spark, source, str(tmp_path / "out"), PARAMS)
+    clusters = {row["id"]: row["cluster_id"] for row in read_data(tmp_path / "out")}
+    # Short texts cluster only with texts equal after case and whitespace normalisation, never with each other.
+    assert clusters == {"s1": "s1", "s4": "s1", "s2": "s2", "s3": "s3"}
+    quarantine = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()
+    reasons = sorted(row["quarantine_reason"] for row in quarantine)
+    assert reasons == ["binary_looking", "duplicate_id", "empty", "missing_id", "too_long"]
+    assert counts["quarantined"] == 5 and counts["documents"] == 4
+
+
+def same_files(left: Path, right: Path) -> bool:
+    names = sorted(p.relative_to(left) for p in left.rglob("*.parquet"))
+    assert names == sorted(p.relative_to(right) for p in right.rglob("*.parquet"))
+    return all(filecmp.cmp(left / name, right / name, shallow=False) for name in names)
+
+
+def test_rerun_after_a_crash_gives_byte_identical_output(spark, labelled_run):
+    _, _, _, _, tmp = labelled_run
+    rerun = tmp / "rerun"
+    (rerun / "data").mkdir(parents=True)
+    (rerun / "data" / "part-00000.parquet").write_bytes(b"half-written garbage")
+    (rerun / "data" / "part-00007-leftover.snappy.parquet").write_bytes(b"from the killed attempt")
+    run_dedup(spark, str(tmp / "in" / "docs.jsonl"), str(rerun), PARAMS)
+    for folder in ("data", "signatures", "signature_index", "quarantine"):
+        assert same_files(tmp / "out" / folder, rerun / folder), folder
+
+
+def test_refresh_with_a_new_snapshot_equals_a_run_from_scratch(spark, tmp_path):
+    docs, rows = labelled_rows(300, seed=11)
+    snapshots = sorted({row["snapshot"] for row in rows})
+    newest = snapshots[-1]
+    older = write_jsonl(tmp_path / "old.jsonl", [r for r in rows if r["snapshot"] != newest])
+    everything = write_jsonl(tmp_path / "all.jsonl", rows)
+    first = run_dedup(spark, older, str(tmp_path / "first"), PARAMS)
+    refreshed = run_dedup(spark, everything, str(tmp_path / "refresh"), PARAMS, previous=str(tmp_path / "first"))
+    scratch = run_dedup(spark, everything, str(tmp_path / "scratch"), PARAMS)
+    assert first["snapshots_reusing_signatures"] == 0
+    assert refreshed["snapshots_reusing_signatures"] == len(snapshots) - 1
+    for folder in ("data", "signatures", "signature_index"):
+        assert same_files(tmp_path / "refresh" / folder, tmp_path / "scratch" / folder), folder
+    # Longevity grows as old documents reappear in the new snapshot.
+    before = {r["id"]: r["n_snapshots"] for r in read_data(tmp_path / "first")}
+    after = {r["id"]: r["n_snapshots"] for r in read_data(tmp_path / "refresh")}
+    assert any(after[i] > before[i] for i in before)
+    assert all(after[i] >= before[i] for i in before)
