@@ -39,7 +39,8 @@ run: env $(AIRFLOW_HOME)/airflow.db
 	@echo "running DAG xgen_end_to_end (profile tiny); Airflow log: $(AIRFLOW_HOME)/logs/make-run.log"
 	@set -o pipefail; $(PY) infra/local/run_dag.py xgen_end_to_end --conf '{"profile": "tiny", "root": "$(ARTIFACTS)"}' \
 		2>&1 | tee $(AIRFLOW_HOME)/logs/make-run.log | grep --line-buffered -E "\[DAG TEST\] end task|xgen_end_to_end: run|error:"
-	@run=$$(ls -td $(ARTIFACTS)/runs/*/ | head -1); echo "artifacts: $(ARTIFACTS)"; echo "report:    $${run}report.md"
+	@run=$$(ls -td $(ARTIFACTS)/runs/*/ | head -1); echo "artifacts: $(ARTIFACTS)"; echo "report:    $${run}report.md"; \
+		sed -n '/^#### Curriculum stages/,/^!\[/p' $${run}report.md | grep -v '^!\[' || true  # the data report's mixture summary
 
 test: env
 	$(PY) -m pytest -q

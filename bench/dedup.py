@@ -6,6 +6,10 @@ Generates a labelled near-duplicate set (xgen_core.data.neardup_set), then in th
 Prints pairwise precision / recall / F1, hard negatives merged, documents lost, and docs/s for both.
 
     .venv/bin/python bench/dedup.py --docs 100000 --cores 2
+
+Spark settings for a short local job (override with --conf): C1-only JIT and parallel GC with as many threads as
+cores (a fresh JVM otherwise spends tens of CPU-seconds in the C2 compiler), adaptive query execution off (its
+re-planning between stages costs more than it saves on 100k documents).
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ def run_baseline(path: Path, threshold: float, num_perm: int, ngram: int) -> dic
     return {doc_id: find(doc_id) for doc_id in ids}
 
 
+def short_local_job_conf(cores: int) -> list[str]:
+    jvm = f"-XX:TieredStopAtLevel=1 -XX:+UseParallelGC -XX:ParallelGCThreads={cores} -XX:CICompilerCount=1"
+    return [f"spark.driver.extraJavaOptions={jvm}", "spark.sql.adaptive.enabled=false"]
+
+
 def run_spark(
     path: Path, output: Path, cores: int, threshold: float, num_perm: int, ngram: int, conf: list[str]
 ) -> dict[str, str]:
@@ -83,20 +92,37 @@ def run_spark(
         .config("spark.sql.shuffle.partitions", str(cores))
         .config("spark.driver.memory", "4g")
     )
-    for item in conf:
+    for item in [*short_local_job_conf(cores), *conf]:
         key, _, value = item.partition("=")
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    print(f"session up [cpu {process_tree_cpu_seconds():.1f} s]")
     spark.sparkContext.setLogLevel("ERROR")
     params = DedupParams(
         ngram=ngram, num_perm=num_perm, seed=1, threshold=threshold, top_k=3, verify_jaccard=True,
         rank_by=("quality", "recency", "length"), output_files=2 * cores, max_doc_chars=1_000_000,
     )  # fmt: skip
-    counts = run_dedup(spark, str(path), str(output), params, log=print)
+    counts = run_dedup(spark, str(path), str(output), params, log=lambda m: print(f"{m} [cpu {process_tree_cpu_seconds():.1f} s]"))
+    print(f"spark cpu seconds (driver, JVM, Python workers): {process_tree_cpu_seconds():.1f}")
     spark.stop()
     table = pq.read_table(output / "data", columns=["id", "cluster_id"])
     print(f"spark counts: {json.dumps(counts)}")
     return dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+
+
+def process_tree_cpu_seconds() -> float:
+    """CPU time used so far by this process and all its descendants (the JVM and its Python workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def report(name: str, predicted: dict[str, str], docs, seconds: float) -> dict:
@@ -137,7 +163,9 @@ def main() -> None:
     results = []
     if not args.skip_baseline:
         start = time.perf_counter()
+        cpu_start = time.process_time()
         labels = run_baseline(input_path, args.threshold, args.num_perm, args.ngram)
+        print(f"baseline cpu seconds: {time.process_time() - cpu_start:.1f}")
         results.append(report("datasketch-single-process", labels, docs, time.perf_counter() - start))
 
     output = workdir / "spark-out"

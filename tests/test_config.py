@@ -20,7 +20,8 @@ def test_profiles_exist_and_resolve():
 def test_overrides_parse_yaml_values_and_free_map_keys():
     cfg = load_config("tiny", ["seed=7", "ingest.inputs=[/a, /b]", "spark.conf.spark.executor.memory=4g"])
     assert cfg.seed == 7 and cfg.ingest.inputs == ["/a", "/b"]
-    assert cfg.spark.conf == {"spark.executor.memory": "4g"}
+    assert cfg.spark.conf["spark.executor.memory"] == "4g"
+    assert set(load_config("tiny").spark.conf) < set(cfg.spark.conf)  # merged into the profile's map
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,8 @@ from xgen_core.data.sparkio import read_documents, rename_parts, write_determini
 SIGNATURE_VERSION = 1
 RANK_KEYS = ("quality", "recency", "length")
 BINARY_SHARE_LIMIT = 0.05
+# Up to this many documents the per-document metadata (about 150 bytes a row) is broadcast to the final join.
+BROADCAST_METADATA_ROWS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,18 @@ SIGNATURE_SCHEMA = T.StructType(
 )
 
 
+SLIM_NAMES = ["id", "node", "snapshot", "url", "domain", "crawl_time", "quality", "length"]
+
+
+def per_document_schema(slim: T.StructType) -> T.StructType:
+    return T.StructType(
+        list(slim.fields) + [T.StructField("signature", T.BinaryType()), T.StructField("has_shingles", T.BooleanType())]
+    )
+
+
 def signature_batches(params: DedupParams):
-    """mapInArrow function: (snapshot, node, text) batches -> one signature per distinct (snapshot, node)."""
+    """mapInArrow function: each document's slim columns, plus its signature on the first row of every distinct
+    (snapshot, text) in the batch whose `fresh` flag is set (other rows carry nulls)."""
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -161,22 +173,23 @@ def signature_batches(params: DedupParams):
                 continue
             snapshots = batch.column("snapshot").to_pylist()
             nodes = batch.column("node").to_pylist()
+            fresh = batch.column("fresh").to_pylist()
             first_row = {}
             for row, key in enumerate(zip(snapshots, nodes)):
-                first_row.setdefault(key, row)
+                if fresh[row]:
+                    first_row.setdefault(key, row)
             rows = list(first_row.values())
-            texts = batch.column("text").take(pa.array(rows)).to_pylist()
+            texts = batch.column("text").take(pa.array(rows, pa.int64())).to_pylist()
             sigs, has_shingles = minhash.signatures(texts, params.ngram, params.num_perm, params.seed)
+            signature_column: list = [None] * batch.num_rows
+            shingles_column: list = [None] * batch.num_rows
+            for index, row in enumerate(rows):
+                signature_column[row] = sigs[index].tobytes()
+                shingles_column[row] = bool(has_shingles[index])
+            slim = [batch.column(name) for name in SLIM_NAMES]
             yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array([snapshots[r] for r in rows], pa.string()),
-                    pa.array([nodes[r] for r in rows], pa.int64()),
-                    fixed_width_binary(sigs),
-                    pa.array(has_shingles),
-                ],
-                schema=pa.schema(
-                    [("snapshot", pa.string()), ("node", pa.int64()), ("signature", pa.binary()), ("has_shingles", pa.bool_())]
-                ),
+                slim + [pa.array(signature_column, pa.binary()), pa.array(shingles_column, pa.bool_())],
+                names=SLIM_NAMES + ["signature", "has_shingles"],
             )
 
     return compute
@@ -213,38 +226,38 @@ def snapshot_fingerprints(docs: DataFrame, params: DedupParams) -> DataFrame:
     )
 
 
-def build_signatures(
-    spark: SparkSession, docs: DataFrame, params: DedupParams, previous: str | None
-) -> tuple[DataFrame, DataFrame, list[str]]:
-    """(signatures, fingerprints, reused snapshots): reuse a previous run's signatures for unchanged snapshots.
-
-    Signatures are computed straight over the input partitions (no shuffle of the text before hashing).
-    """
+def reusable_snapshots(spark: SparkSession, docs: DataFrame, params: DedupParams, previous: str | None) -> list[str]:
+    """Snapshots whose distinct texts (and MinHash settings) equal those the previous dedup output hashed."""
+    if not previous:
+        return []
     fingerprints = snapshot_fingerprints(docs, params)
-    reused: list[str] = []
-    old_signatures = None
-    if previous:
-        fingerprints = fingerprints.localCheckpoint()
-        old_fingerprints = spark.read.parquet(f"{previous}/signature_index")
-        same = fingerprints.join(old_fingerprints, ["snapshot", "n_texts", "digest_a", "digest_b", "signature_key"])
-        reused = sorted(row.snapshot for row in same.select("snapshot").collect())
-        if reused:
-            old_signatures = (
-                spark.read.schema(SIGNATURE_SCHEMA)
-                .parquet(f"{previous}/signatures")
-                .filter(F.col("snapshot").isin(reused))
-            )
-    fresh_docs = docs.filter(~F.col("snapshot").isin(reused)) if reused else docs
-    signatures = fresh_docs.select("snapshot", "node", "text").mapInArrow(signature_batches(params), SIGNATURE_SCHEMA)
-    if old_signatures is not None:
-        signatures = signatures.unionByName(old_signatures)
-    return signatures, fingerprints, reused
+    old_fingerprints = spark.read.parquet(f"{previous}/signature_index")
+    same = fingerprints.join(old_fingerprints, ["snapshot", "n_texts", "digest_a", "digest_b", "signature_key"])
+    return sorted(row.snapshot for row in same.select("snapshot").collect())
+
+
+def hash_documents(docs: DataFrame, params: DedupParams, reused: list[str]) -> DataFrame:
+    """One pass over the texts: slim per-document columns, and signatures for the snapshots not reused."""
+    fresh = ~F.col("snapshot").isin(reused) if reused else F.lit(True)
+    slim = docs.select(*slim_columns(), "text", fresh.alias("fresh"))
+    schema = per_document_schema(slim.drop("text", "fresh").schema)
+    return slim.mapInArrow(signature_batches(params), schema)
+
+
+def signatures_of(per_document: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
+    fresh = per_document.filter(F.col("signature").isNotNull()).select(*SIGNATURE_SCHEMA.names)
+    if not reused:
+        return fresh
+    old = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{previous}/signatures").filter(F.col("snapshot").isin(reused))
+    return fresh.unionByName(old)
 
 
 def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
     """One file per snapshot directory, one row per distinct text of that snapshot, sorted by node."""
     by_snapshot = signatures.repartition(n_files, "snapshot").dropDuplicates(["snapshot", "node"])
-    by_snapshot.sortWithinPartitions("snapshot", "node").write.mode("overwrite").partitionBy("snapshot").parquet(uri)
+    # Signatures are random bytes: dictionary encoding would only spend time discovering that.
+    writer = by_snapshot.sortWithinPartitions("snapshot", "node").write.option("parquet.enable.dictionary", "false")
+    writer.mode("overwrite").partitionBy("snapshot").parquet(uri)
     rename_parts(signatures.sparkSession, uri)
 
 
@@ -269,7 +282,36 @@ def band_batches(params: DedupParams):
     return compute
 
 
-def candidate_edges(signatures: DataFrame, params: DedupParams) -> DataFrame:
+EDGE_SCHEMA = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
+
+
+def bucket_star_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow over a partition holding whole buckets: star edges from each shared bucket's members to its minimum.
+
+    Sorting the partition's (band_key, node) pairs with numpy replaces a per-bucket array aggregation in Spark.
+    """
+    nodes, keys = [], []
+    for batch in batches:
+        nodes.append(batch.column("node").to_numpy())
+        keys.append(batch.column("band_key").to_numpy())
+    if not nodes:
+        return
+    node, key = np.concatenate(nodes), np.concatenate(keys)
+    order = np.lexsort((node, key))
+    node, key = node[order], key[order]
+    first_of_bucket = np.r_[True, key[1:] != key[:-1]]
+    bucket_min = node[first_of_bucket][np.cumsum(first_of_bucket) - 1]
+    member = node != bucket_min
+    src, dst = node[member], bucket_min[member]
+    if len(src):
+        order = np.lexsort((dst, src))
+        src, dst = src[order], dst[order]
+        fresh = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])]
+        src, dst = src[fresh], dst[fresh]
+    yield pa.RecordBatch.from_arrays([pa.array(src, pa.int64()), pa.array(dst, pa.int64())], names=["src", "dst"])
+
+
+def candidate_edges(signatures: DataFrame, params: DedupParams, partitions: int) -> DataFrame:
     """Edges (src, dst), src > dst: every member of an LSH bucket linked to the bucket's smallest node.
 
     A star per bucket keeps the edge count linear in bucket size (a bucket of 10,000 exact copies would give 50M
@@ -277,10 +319,8 @@ def candidate_edges(signatures: DataFrame, params: DedupParams) -> DataFrame:
     several times, which the final distinct absorbs.
     """
     banded = signatures.filter("has_shingles").select("node", "signature").mapInArrow(band_batches(params), BAND_SCHEMA)
-    buckets = banded.groupBy("band_key").agg(F.min("node").alias("dst"), F.collect_set("node").alias("members"))
-    shared = buckets.filter(F.size("members") > 1)
-    starred = shared.select(F.explode("members").alias("src"), "dst").filter(F.col("src") != F.col("dst"))
-    return starred.distinct()
+    by_bucket = banded.repartition(partitions, "band_key")
+    return by_bucket.mapInArrow(bucket_star_batches, EDGE_SCHEMA).distinct()
 
 
 def verify_batches(params: DedupParams):
@@ -302,8 +342,7 @@ def verified_edges(edges: DataFrame, node_signatures: DataFrame, params: DedupPa
     joined = edges.join(sigs.withColumnsRenamed({"node": "src", "signature": "src_signature"}), "src").join(
         sigs.withColumnsRenamed({"node": "dst", "signature": "dst_signature"}), "dst"
     )
-    schema = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
-    return joined.select("src", "dst", "src_signature", "dst_signature").mapInArrow(verify_batches(params), schema)
+    return joined.select("src", "dst", "src_signature", "dst_signature").mapInArrow(verify_batches(params), EDGE_SCHEMA)
 
 
 def large_star(edges: DataFrame) -> DataFrame:
@@ -419,8 +458,8 @@ def run_dedup(
     """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
-    The input is read three times (signatures, slim metadata columns, final rows) rather than cached: re-reading
-    Parquet and re-hashing in the JVM costs less than materialising every text in memory.
+    The texts are read twice rather than cached: once to hash them (signatures plus the slim per-document columns,
+    which are kept) and once to write them out with their metadata.
     """
     started = time.perf_counter()
 
@@ -431,33 +470,41 @@ def run_dedup(
     checked = with_row_problems(with_content_key(documents), params.max_doc_chars)
     hashable = checked.filter(F.col("quarantine_reason").isNull()).drop("quarantine_reason")
 
-    signatures, _, reused = build_signatures(spark, hashable, params, previous)
-    write_signatures(signatures, f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
+    reused = reusable_snapshots(spark, hashable, params, previous)
+    per_document = hash_documents(hashable, params, reused).localCheckpoint()
+    done("documents hashed")
+    write_signatures(signatures_of(per_document, spark, previous, reused), f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
     stored = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{output_uri}/signatures")
     # Written from the stored signatures (one row per distinct text and snapshot): the same values the documents
     # give, and the same file whether or not earlier signatures were reused.
     write_deterministic_parquet(snapshot_fingerprints(stored, params), f"{output_uri}/signature_index", 1, ["snapshot"])
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
 
-    edges = candidate_edges(stored, params)
+    edges = candidate_edges(stored, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
     if params.verify_jaccard:
         # A text seen in several snapshots has one signature: keep one row per node.
         edges = verified_edges(edges, stored.select("node", "signature").dropDuplicates(["node"]), params)
     roots = connected_components(edges, log)
     done("connected components")
 
-    ranked_ids = rank_repeated_ids(hashable.select(*slim_columns())).localCheckpoint()
+    ranked_ids = rank_repeated_ids(per_document.drop("signature", "has_shingles")).localCheckpoint()
     metadata = cluster_metadata(ranked_ids.filter("id_rank = 1").drop("id_rank"), roots, params)
+    if ranked_ids.count() <= BROADCAST_METADATA_ROWS:
+        # Ship the slim metadata to every task instead of shuffling the texts to meet it.
+        metadata = F.broadcast(metadata)
     annotated = hashable.join(metadata, ROW_KEY).drop("node")
     write_deterministic_parquet(
         annotated.select(*output_columns(annotated)), f"{output_uri}/data", params.output_files,
         ["cluster_id", "cluster_rank"], partition_column="cluster_id",
     )  # fmt: skip
     done("documents written")
-    repeated = hashable.join(repeated_id_keys(ranked_ids), ROW_KEY, "left_semi")
-    quarantined = checked.filter(F.col("quarantine_reason").isNotNull()).unionByName(
-        repeated.withColumn("quarantine_reason", F.lit("duplicate_id"))
-    )
+    quarantined = checked.filter(F.col("quarantine_reason").isNotNull())
+    repeated_keys = repeated_id_keys(ranked_ids).localCheckpoint()
+    n_repeated = repeated_keys.count()
+    if n_repeated:
+        keys = F.broadcast(repeated_keys) if n_repeated <= BROADCAST_METADATA_ROWS else repeated_keys
+        repeated = hashable.join(keys, ROW_KEY, "left_semi")
+        quarantined = quarantined.unionByName(repeated.withColumn("quarantine_reason", F.lit("duplicate_id")))
     write_deterministic_parquet(quarantined.drop("node"), f"{output_uri}/quarantine", 1, ["id", "quarantine_reason"])
     counts = dedup_counts(spark, output_uri, reused)
     done("counted")

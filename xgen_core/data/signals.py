@@ -63,8 +63,8 @@ def language_model():
 
 
 def identify_languages(texts: list[str]) -> tuple[list[str], list[float]]:
-    """(language code, probability) per text; one predict call per text because the predict-only fastText build's
-    multi-line call returns labels without probabilities."""
+    """(language code, probability) per text; one predict call per text, which every fastText build answers with
+    probabilities (the predict-only build's multi-line call returns labels alone)."""
     model = language_model()
     languages, scores = [], []
     for text in texts:
