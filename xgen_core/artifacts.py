@@ -26,11 +26,16 @@ VERSION_CHARS = 12
 open_store = store_for
 
 
+def code_version_label(code_version: int) -> str:
+    """Package version + the stage's own code version: part of every artifact version and manifest."""
+    return f"{__version__}+{code_version}"
+
+
 def stage_version(stage: str, code_version: int, config: dict, inputs: dict[str, str]) -> str:
     """Short hash of everything that decides a stage's output."""
     decided_by = {
         "stage": stage,
-        "code": f"{__version__}+{code_version}",
+        "code": code_version_label(code_version),
         "config": config,
         "inputs": dict(sorted(inputs.items())),
     }
@@ -162,9 +167,23 @@ def remove_stale_staging(final: str) -> None:
 def commit(staging: str, final: str, manifest: dict) -> bool:
     """Write the manifest, then publish staging as final with the success marker last. False: another won."""
     store = store_for(final)
-    store.write_text(join(staging, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
-    marker = json.dumps({"version": manifest["version"], "committed_at": time.time()}).encode()
-    return store.publish(staging, final, SUCCESS_MARKER, marker)
+    store.write_text(join(staging, MANIFEST), _manifest_json(manifest))
+    return store.publish(staging, final, SUCCESS_MARKER, _success_marker(manifest))
+
+
+def commit_in_place(final: str, manifest: dict) -> None:
+    """For a resumable stage that worked in its final directory: the manifest, then the success marker."""
+    store = store_for(final)
+    store.write_text(join(final, MANIFEST), _manifest_json(manifest))
+    store.write_bytes(join(final, SUCCESS_MARKER), _success_marker(manifest))
+
+
+def _manifest_json(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True)
+
+
+def _success_marker(manifest: dict) -> bytes:
+    return json.dumps({"version": manifest["version"], "committed_at": time.time()}).encode()
 
 
 def require_committed(uri: str, what: str) -> None:

@@ -364,7 +364,7 @@ def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, st
         "external_inputs": resolved.external_inputs,
         "input_versions": resolved.input_ids,
         "input_digests": {up: artifacts.manifest_digest(uri) for up, uri in resolved.inputs.items()},
-        "code_version": f"{_package_version()}+{stage.code_version}",
+        "code_version": artifacts.code_version_label(stage.code_version),
         "counts": result.get("counts", {}),
         "metrics": result.get("metrics", {}),
         "run_id": run_id,
@@ -386,9 +386,7 @@ def _build_in_place(cfg: XgenConfig, resolved: Resolved, run_id: str, lease: art
     manifest = _manifest(cfg, resolved, run_id, result, started)
     if not lease.still_held():
         raise XgenError(f"{stage.name}: lost the write lease before commit; another writer took over")
-    store.write_text(join(final, artifacts.MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
-    marker = json.dumps({"version": resolved.version, "committed_at": time.time()})
-    store.write_text(join(final, artifacts.SUCCESS_MARKER), marker)
+    artifacts.commit_in_place(final, manifest)
     log.info("%s-%s: committed %s", stage.name, resolved.version, final)
     return Outcome(stage.name, resolved.version, final, False, manifest)
 
@@ -445,18 +443,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _package_version() -> str:
-    from xgen_core import __version__
-
-    return __version__
-
-
 def stage_main(name: str, argv: list[str] | None = None) -> None:
     """What a container runs: `python -m data_jobs.ingest --profile tiny [--run-id ID] [key=value ...]`."""
+    import sys
+
     from xgen_core.cli import main
 
     stage = get_stage(name)
-    group = "pipeline" if stage.group == "pipeline" else stage.group
-    import sys
-
-    main([group, stage.command, *(sys.argv[1:] if argv is None else argv)])
+    main([stage.group, stage.command, *(sys.argv[1:] if argv is None else argv)])
