@@ -98,9 +98,10 @@ def run_spark(
     spark = builder.getOrCreate()
     print(f"session up [cpu {process_tree_cpu_seconds():.1f} s]")
     spark.sparkContext.setLogLevel("ERROR")
+    rows = pq.ParquetFile(path).metadata.num_rows  # one chunk per core
     params = DedupParams(
         ngram=ngram, num_perm=num_perm, seed=1, threshold=threshold, top_k=3, verify_jaccard=True,
-        rank_by=("quality", "recency", "length"), output_files=2 * cores, max_doc_chars=1_000_000,
+        rank_by=("quality", "recency", "length"), rows_per_chunk=-(-rows // cores), max_doc_chars=1_000_000,
     )  # fmt: skip
     counts = run_dedup(spark, str(path), str(output), params, log=lambda m: print(f"{m} [cpu {process_tree_cpu_seconds():.1f} s]"))
     print(f"spark cpu seconds (driver, JVM, Python workers): {process_tree_cpu_seconds():.1f}")
@@ -119,7 +120,8 @@ def process_tree_cpu_seconds() -> float:
     for process in [me, *me.children(recursive=True)]:
         try:
             times = process.cpu_times()
-            total += times.user + times.system
+            # children_*: finished Python workers, reaped by their parent
+            total += times.user + times.system + times.children_user + times.children_system
         except psutil.NoSuchProcess:
             pass
     return total

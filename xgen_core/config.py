@@ -70,7 +70,7 @@ class DedupConfig(Section):
     top_k: int
     verify_jaccard: bool
     rank_by: list[Literal["quality", "recency", "length"]]
-    output_files: int
+    rows_per_chunk: int
     max_doc_chars: int
     reuse_signatures_from: str
 

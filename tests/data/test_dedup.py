@@ -13,7 +13,7 @@ pytestmark = pytest.mark.spark
 
 PARAMS = DedupParams(
     ngram=5, num_perm=128, seed=1, threshold=0.5, top_k=3, verify_jaccard=True,
-    rank_by=("quality", "recency", "length"), output_files=3, max_doc_chars=20_000,
+    rank_by=("quality", "recency", "length"), rows_per_chunk=150, max_doc_chars=20_000,
 )  # fmt: skip
 
 

@@ -1,35 +1,46 @@
 """Exact + fuzzy deduplication that annotates instead of dropping (paper section 2.2).
 
-Flow, all in Spark (nothing but small per-snapshot summaries reaches the driver):
-  documents -> quarantine bad rows -> content hash (exact key)
-  -> MinHash signatures per snapshot partition (vectorised over Arrow batches; reused from a previous run when the
-     snapshot's contents are unchanged) -> LSH band keys -> star edges to each bucket's smallest member
+Flow (nothing but small counts reaches the driver; the texts never enter the JVM):
+  input chunks -> Python tasks read their documents, quarantine bad rows, hash the content (exact key) and compute
+     MinHash signatures (vectorised per batch; reused from a previous run when a snapshot's texts are unchanged)
+  -> Spark over the slim per-document columns: LSH band keys -> star edges to each bucket's smallest member
   -> optional MinHash-estimated Jaccard check of each edge -> connected components (large-star / small-star)
   -> every document joins the component of its content hash (exact copies share one node)
-  -> per cluster: size, snapshots, domains, first/last seen; top-k distinct variants kept, the rest flagged.
+  -> per cluster: size, snapshots, domains, first/last seen; top-k distinct variants kept, the rest flagged
+  -> Python tasks write each chunk's documents with their annotations (and its quarantined rows), in input order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.data import minhash
-from xgen_core.data.sparkio import read_documents, rename_parts, write_deterministic_parquet
+from xgen_core.data.doc_chunks import (
+    Chunk, conform, data_files, input_format, part_uri, plan_chunks, read_chunk, write_parquet,
+)  # fmt: skip
+from xgen_core.data.sparkio import rename_parts, write_deterministic_parquet
+from xgen_core.errors import XgenError
+from xgen_core.storage import join, normalize_uri, store_for
 
 # Bump when the shingling or signature layout changes: stored signatures from another version are not reused.
 SIGNATURE_VERSION = 1
 RANK_KEYS = ("quality", "recency", "length")
 BINARY_SHARE_LIMIT = 0.05
-# Up to this many documents the per-document metadata (about 150 bytes a row) is broadcast to the final join.
-BROADCAST_METADATA_ROWS = 2_000_000
+TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class DedupParams:
     top_k: int
     verify_jaccard: bool
     rank_by: tuple[str, ...]
-    output_files: int
+    rows_per_chunk: int
     max_doc_chars: int
 
     def signature_key(self) -> str:
@@ -49,96 +60,211 @@ class DedupParams:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Input normalisation and quarantine
+# Documents: normalised, checked and hashed in Python, one input chunk per task
 
 
-def normalise_documents(raw: DataFrame) -> DataFrame:
-    """Map the accepted input shapes (sample JSONL, ingest Parquet) onto one schema.
+def normalised_documents(table: pa.Table) -> pa.Table:
+    """Map the accepted input shapes (sample JSONL, ingest Parquet) onto one schema, other columns kept.
 
     Ingest names the key `doc_id`; plain inputs may lack domain, crawl time or a quality column.
     """
-    columns = set(raw.columns)
-    df = raw.withColumnRenamed("doc_id", "id") if "id" not in columns and "doc_id" in columns else raw
-    columns = set(df.columns)
-    missing = {"id", "text"} - columns
+    if "id" not in table.column_names and "doc_id" in table.column_names:
+        table = table.rename_columns(["id" if name == "doc_id" else name for name in table.column_names])
+    missing = {"id", "text"} - set(table.column_names)
     if missing:
-        from xgen_core.errors import XgenError
-
-        raise XgenError(f"dedup input lacks column(s) {sorted(missing)}; found {sorted(columns)}")
-    host = F.lower(F.expr("parse_url(url, 'HOST')"))
+        raise XgenError(f"dedup input lacks column(s) {sorted(missing)}; found {sorted(table.column_names)}")
+    url = optional_column(table, "url", pa.string())
     derived = {
-        "id": F.col("id").cast("string"),
-        "text": F.col("text").cast("string"),
-        "url": F.col("url").cast("string") if "url" in columns else F.lit(None).cast("string"),
-        "snapshot": F.coalesce(F.col("snapshot").cast("string"), F.lit("unknown"))
-        if "snapshot" in columns
-        else F.lit("unknown"),
-        "crawl_time": F.col("crawl_time").cast("timestamp") if "crawl_time" in columns else F.lit(None).cast("timestamp"),
-        "quality": quality_column(columns),
+        "id": table.column("id").cast(pa.string()),
+        "text": table.column("text").cast(pa.string()),
+        "url": url,
+        "snapshot": pc.fill_null(optional_column(table, "snapshot", pa.string()), "unknown"),
+        "crawl_time": crawl_time_column(table),
+        "quality": quality_column(table),
+        "domain": table.column("domain").cast(pa.string()) if "domain" in table.column_names else domain_column(url),
     }
-    if "domain" not in columns:
-        derived["domain"] = F.regexp_replace(host, r"^www\.", "")
-    return df.withColumns(derived)
+    for name, column in derived.items():
+        table = with_column(table, name, column)
+    return table
 
 
-def quality_column(columns: set[str]) -> Column:
+def with_column(table: pa.Table, name: str, column) -> pa.Table:
+    """table with column `name` replaced, or appended when it has none."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
+def optional_column(table: pa.Table, name: str, type_: pa.DataType):
+    return table.column(name).cast(type_) if name in table.column_names else pa.nulls(len(table), type_)
+
+
+def crawl_time_column(table: pa.Table):
+    if "crawl_time" not in table.column_names:
+        return pa.nulls(len(table), TIMESTAMP)
+    column = table.column("crawl_time")
+    try:
+        return pc.cast(column, TIMESTAMP, safe=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise XgenError(f"dedup input column crawl_time ({column.type}) does not read as a timestamp: {error}") from None
+
+
+def quality_column(table: pa.Table):
     """The quality score used to rank variants: an explicit `quality` column, else ingest's language score."""
-    if "quality" in columns:
-        return F.col("quality").cast("double")
-    if "language_score" in columns:
-        return F.col("language_score").cast("double")
-    return F.lit(None).cast("double")
+    for name in ("quality", "language_score"):
+        if name in table.column_names:
+            return table.column(name).cast(pa.float64())
+    return pa.nulls(len(table), pa.float64())
 
 
-def with_row_problems(docs: DataFrame, max_doc_chars: int) -> DataFrame:
-    """Add quarantine_reason for problems visible in the row alone: no id or text, blank, oversized, binary."""
-    reason = (
-        F.when(F.col("id").isNull() | (F.col("id") == ""), F.lit("missing_id"))
-        .when(F.col("text").isNull(), F.lit("missing_text"))
-        .when(F.trim("text") == "", F.lit("empty"))
-        .when(F.length("text") > max_doc_chars, F.lit("too_long"))
-        .when(binary_share(F.col("text")) > BINARY_SHARE_LIMIT, F.lit("binary_looking"))
-    )
-    return docs.withColumn("quarantine_reason", reason)
+def domain_column(urls) -> pa.Array:
+    return pa.array([url_host(url) for url in urls.to_pylist()], pa.string())
 
 
-ROW_KEY = ["id", "node", "snapshot", "url"]
+def url_host(url: str | None) -> str | None:
+    """Lower-cased host of the URL without a leading www. (None when the URL has no host)."""
+    if not url:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host[4:] if host.startswith("www.") else host
+
+
+BINARY_CODEPOINTS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xFFFD]
+BINARY_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in BINARY_CODEPOINTS) + "]")
+WITHOUT_BINARY = str.maketrans("", "", "".join(map(chr, BINARY_CODEPOINTS)))
+
+
+def binary_share(text: str) -> float:
+    """Share of characters that text does not contain: C0 controls (bar tab and newlines), DEL and U+FFFD."""
+    if not BINARY_RE.search(text):  # cheap test first: clean text is the common case
+        return 0.0
+    return (len(text) - len(text.translate(WITHOUT_BINARY))) / max(len(text), 1)
+
+
+def row_problem(doc_id: str | None, text: str | None, max_doc_chars: int) -> str | None:
+    """The quarantine reason visible in the row alone: no id or text, blank, oversized, binary; None if fine."""
+    if not doc_id:
+        return "missing_id"
+    if text is None:
+        return "missing_text"
+    if not text.strip():
+        return "empty"
+    if len(text) > max_doc_chars:
+        return "too_long"
+    if binary_share(text) > BINARY_SHARE_LIMIT:
+        return "binary_looking"
+    return None
+
+
+def content_hash(text: str | None) -> str | None:
+    """Hex SHA-1 of the UTF-8 text: the exact-duplicate key."""
+    return None if text is None else hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def content_node(digest: str | None) -> int | None:
+    """The graph vertex of a text: a 60-bit integer taken from its content hash."""
+    return None if digest is None else int(digest[:15], 16)
+
+
+PER_DOCUMENT_SCHEMA = T.StructType(
+    [
+        T.StructField("chunk", T.IntegerType()),
+        T.StructField("row", T.IntegerType()),
+        T.StructField("id", T.StringType()),
+        T.StructField("node", T.LongType()),
+        T.StructField("snapshot", T.StringType()),
+        T.StructField("url", T.StringType()),
+        T.StructField("domain", T.StringType()),
+        T.StructField("crawl_time", T.TimestampType()),
+        T.StructField("quality", T.DoubleType()),
+        T.StructField("length", T.IntegerType()),
+        T.StructField("quarantine_reason", T.StringType()),
+        T.StructField("signature", T.BinaryType()),
+        T.StructField("has_shingles", T.BooleanType()),
+    ]
+)
+CHUNK_SCHEMA = "chunk int, uri string, row_start long, row_count long"
+SCAN_BATCH_ROWS = 8192
+
+
+def chunk_frame(spark: SparkSession, chunks: list[Chunk]) -> DataFrame:
+    """One row and one partition per chunk: each task reads its own documents."""
+    rows = [(c.index, c.uri, c.row_start, c.row_count) for c in chunks]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), CHUNK_SCHEMA)
+
+
+def chunk_of(row: dict) -> Chunk:
+    return Chunk(row["chunk"], row["uri"], row["row_start"], row["row_count"])
+
+
+def scan_chunks(params: DedupParams, skip_snapshots: frozenset[str], with_signatures: bool):
+    """mapInArrow over chunk descriptors: every document's slim columns and quarantine reason, and a signature on
+    the first row of each distinct (snapshot, text) of a batch (others carry nulls) unless its snapshot is skipped."""
+
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield from scan_chunk(chunk_of(row), params, skip_snapshots, with_signatures)
+
+    return compute
+
+
+def scan_chunk(chunk: Chunk, params: DedupParams, skip_snapshots: frozenset[str], with_signatures: bool):
+    docs = normalised_documents(read_chunk(chunk))
+    ids, texts = docs.column("id").to_pylist(), docs.column("text").to_pylist()
+    snapshots = docs.column("snapshot").to_pylist()
+    reasons = [row_problem(doc_id, text, params.max_doc_chars) for doc_id, text in zip(ids, texts)]
+    nodes = [content_node(content_hash(text)) for text in texts]
+    signature_column: list = [None] * len(docs)
+    shingles_column: list = [None] * len(docs)
+    if with_signatures:
+        # One signature per distinct text of the chunk, stored once for every snapshot holding it.
+        first_row_of_key: dict = {}
+        for row, key in enumerate(zip(snapshots, nodes)):
+            if reasons[row] is None and key[0] not in skip_snapshots:
+                first_row_of_key.setdefault(key, row)
+        first_row_of_text: dict = {}
+        for snapshot, node in first_row_of_key:
+            first_row_of_text.setdefault(node, first_row_of_key[snapshot, node])
+        distinct = list(first_row_of_text.items())
+        signature_of: dict = {}
+        for start in range(0, len(distinct), SCAN_BATCH_ROWS):
+            part = distinct[start : start + SCAN_BATCH_ROWS]
+            sigs, has_shingles = minhash.signatures([texts[row] for _, row in part], params.ngram, params.num_perm, params.seed)
+            for index, (node, _) in enumerate(part):
+                signature_of[node] = (sigs[index].tobytes(), bool(has_shingles[index]))
+        for (_, node), row in first_row_of_key.items():
+            signature_column[row], shingles_column[row] = signature_of[node]
+    columns = {
+        "chunk": pa.array(np.full(len(docs), chunk.index, np.int32)),
+        "row": pa.array(np.arange(len(docs), dtype=np.int32)),
+        "id": docs.column("id"),
+        "node": pa.array(nodes, pa.int64()),
+        "snapshot": docs.column("snapshot"),
+        "url": docs.column("url"),
+        "domain": docs.column("domain"),
+        "crawl_time": docs.column("crawl_time"),
+        "quality": docs.column("quality"),
+        "length": pa.array([None if t is None else len(t) for t in texts], pa.int32()),
+        "quarantine_reason": pa.array(reasons, pa.string()),
+        "signature": pa.array(signature_column, pa.binary()),
+        "has_shingles": pa.array(shingles_column, pa.bool_()),
+    }
+    yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
 
 
 def rank_repeated_ids(slim: DataFrame) -> DataFrame:
     """Add id_rank: 1 for the row that keeps its id, 2, 3, ... for later rows repeating it.
 
-    The smallest (node, snapshot, url) keeps the id, so the choice is deterministic; only slim columns shuffle.
+    The smallest (node, snapshot, url) keeps the id, then input order, so the choice is deterministic.
     """
-    return slim.withColumn("id_rank", F.row_number().over(Window.partitionBy("id").orderBy("node", "snapshot", "url")))
-
-
-def repeated_id_keys(ranked: DataFrame) -> DataFrame:
-    """Row keys of the rows that lose their id (a row identical in every key to the kept one is not among them)."""
-    winners = ranked.filter("id_rank = 1").select(*ROW_KEY)
-    return ranked.filter("id_rank > 1").select(*ROW_KEY).distinct().join(winners, ROW_KEY, "left_anti")
-
-
-BINARY_CODEPOINTS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xFFFD]
-BINARY_CHARS = "".join(map(chr, BINARY_CODEPOINTS))
-BINARY_PATTERN = "[" + "".join(f"\\x{{{c:x}}}" for c in BINARY_CODEPOINTS) + "]"
-
-
-def binary_share(text: Column) -> Column:
-    """Share of characters that text does not contain: C0 controls (bar tab and newlines), DEL and U+FFFD.
-
-    The regex test runs first because it is several times cheaper than counting with translate on clean text.
-    """
-    without_binary = F.translate(text, BINARY_CHARS, "")
-    share = (F.length(text) - F.length(without_binary)) / F.greatest(F.length(text), F.lit(1))
-    return F.when(text.rlike(BINARY_PATTERN), share).otherwise(F.lit(0.0))
-
-
-def with_content_key(docs: DataFrame) -> DataFrame:
-    """content_hash (hex SHA-1 of the text) and node, a 60-bit integer taken from it, the graph vertex of the text."""
-    return docs.withColumn("content_hash", F.sha1("text")).withColumn(
-        "node", F.conv(F.substring("content_hash", 1, 15), 16, 10).cast("long")
-    )
+    order = ["node", "snapshot", "url", "chunk", "row"]
+    return slim.withColumn("id_rank", F.row_number().over(Window.partitionBy("id").orderBy(*order)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,47 +278,6 @@ SIGNATURE_SCHEMA = T.StructType(
         T.StructField("has_shingles", T.BooleanType()),
     ]
 )
-
-
-SLIM_NAMES = ["id", "node", "snapshot", "url", "domain", "crawl_time", "quality", "length"]
-
-
-def per_document_schema(slim: T.StructType) -> T.StructType:
-    return T.StructType(
-        list(slim.fields) + [T.StructField("signature", T.BinaryType()), T.StructField("has_shingles", T.BooleanType())]
-    )
-
-
-def signature_batches(params: DedupParams):
-    """mapInArrow function: each document's slim columns, plus its signature on the first row of every distinct
-    (snapshot, text) in the batch whose `fresh` flag is set (other rows carry nulls)."""
-
-    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            snapshots = batch.column("snapshot").to_pylist()
-            nodes = batch.column("node").to_pylist()
-            fresh = batch.column("fresh").to_pylist()
-            first_row = {}
-            for row, key in enumerate(zip(snapshots, nodes)):
-                if fresh[row]:
-                    first_row.setdefault(key, row)
-            rows = list(first_row.values())
-            texts = batch.column("text").take(pa.array(rows, pa.int64())).to_pylist()
-            sigs, has_shingles = minhash.signatures(texts, params.ngram, params.num_perm, params.seed)
-            signature_column: list = [None] * batch.num_rows
-            shingles_column: list = [None] * batch.num_rows
-            for index, row in enumerate(rows):
-                signature_column[row] = sigs[index].tobytes()
-                shingles_column[row] = bool(has_shingles[index])
-            slim = [batch.column(name) for name in SLIM_NAMES]
-            yield pa.RecordBatch.from_arrays(
-                slim + [pa.array(signature_column, pa.binary()), pa.array(shingles_column, pa.bool_())],
-                names=SLIM_NAMES + ["signature", "has_shingles"],
-            )
-
-    return compute
 
 
 def fixed_width_binary(rows: np.ndarray) -> pa.Array:
@@ -234,14 +319,6 @@ def reusable_snapshots(spark: SparkSession, docs: DataFrame, params: DedupParams
     old_fingerprints = spark.read.parquet(f"{previous}/signature_index")
     same = fingerprints.join(old_fingerprints, ["snapshot", "n_texts", "digest_a", "digest_b", "signature_key"])
     return sorted(row.snapshot for row in same.select("snapshot").collect())
-
-
-def hash_documents(docs: DataFrame, params: DedupParams, reused: list[str]) -> DataFrame:
-    """One pass over the texts: slim per-document columns, and signatures for the snapshots not reused."""
-    fresh = ~F.col("snapshot").isin(reused) if reused else F.lit(True)
-    slim = docs.select(*slim_columns(), "text", fresh.alias("fresh"))
-    schema = per_document_schema(slim.drop("text", "fresh").schema)
-    return slim.mapInArrow(signature_batches(params), schema)
 
 
 def signatures_of(per_document: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
@@ -385,50 +462,106 @@ def connected_components(
 # Cluster metadata and top-k
 
 
-def rank_order(rank_by: tuple[str, ...]) -> list[Column]:
+def rank_sort_keys(rank_by: tuple[str, ...]) -> list[tuple[str, str]]:
+    """pyarrow sort keys for the variant order inside a cluster (missing values last), ties broken by id."""
     unknown = set(rank_by) - set(RANK_KEYS)
     if unknown:
-        from xgen_core.errors import XgenError
-
         raise XgenError(f"dedup.rank_by has unknown key(s) {sorted(unknown)}; allowed: {list(RANK_KEYS)}")
-    columns = {
-        "quality": [F.col("quality").desc_nulls_last()],
-        "recency": [F.col("crawl_time").desc_nulls_last(), F.col("snapshot").desc()],
-        "length": [F.col("length").desc()],
+    keys = {
+        "quality": [("quality", "descending", "at_end")],
+        "recency": [("crawl_time", "descending", "at_end"), ("snapshot", "descending", "at_end")],
+        "length": [("length", "descending", "at_end")],
     }
-    return [column for key in rank_by for column in columns[key]] + [F.col("id").asc()]
+    return [key for name in rank_by for key in keys[name]] + [("id", "ascending", "at_end")]
 
 
-def slim_columns() -> list:
-    """The columns cluster metadata needs, without the text."""
-    return [*ROW_KEY, "domain", "crawl_time", "quality", F.length("text").alias("length")]
+ANNOTATION_SCHEMA = T.StructType(
+    [T.StructField("chunk", T.IntegerType()), T.StructField("row", T.IntegerType())]
+    + [
+        T.StructField(name, spark_type)
+        for name, spark_type in [
+            ("cluster_id", T.StringType()), ("cluster_size", T.LongType()), ("n_snapshots", T.LongType()),
+            ("n_domains", T.LongType()), ("kept", T.BooleanType()), ("cluster_rank", T.IntegerType()),
+            ("n_variants", T.LongType()), ("n_exact", T.LongType()), ("first_snapshot", T.StringType()),
+            ("last_snapshot", T.StringType()), ("first_seen", T.TimestampType()), ("last_seen", T.TimestampType()),
+        ]
+    ]
+)  # fmt: skip
 
 
 def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupParams) -> DataFrame:
-    """Per row key: cluster_id, frequency metadata, cluster_rank and kept (slim columns only, one row per id)."""
+    """Per (chunk, row): cluster_id, frequency metadata, cluster_rank and kept.
+
+    One exchange brings each cluster's slim rows together; the statistics and ranks of a whole partition are then
+    computed at once with Arrow sorts and group-bys (cheaper than Spark's three windows and a distinct-count
+    aggregation on a short job).
+    """
+    rank_sort_keys(params.rank_by)  # unknown keys fail here, on the driver
     clustered = slim.join(roots, "node", "left").withColumn("root", F.coalesce("root", "node"))
-    # One exchange by root serves the statistics and all three windows below.
-    clustered = clustered.repartition("root")
-    stats = clustered.groupBy("root").agg(
-        F.min("id").alias("cluster_id"),
-        F.count("*").alias("cluster_size"),
-        F.countDistinct("node").alias("n_variants"),
-        F.countDistinct("snapshot").alias("n_snapshots"),
-        F.countDistinct("domain").alias("n_domains"),
-        F.min("snapshot").alias("first_snapshot"),
-        F.max("snapshot").alias("last_snapshot"),
-        F.min("crawl_time").alias("first_seen"),
-        F.max("crawl_time").alias("last_seen"),
-    )
-    order = rank_order(params.rank_by)
-    ranked = clustered.withColumn("exact_rank", F.row_number().over(Window.partitionBy("root", "node").orderBy(*order)))
-    ranked = ranked.withColumn("n_exact", F.count("*").over(Window.partitionBy("root", "node")))
-    # Exact repeats of a text go after every distinct variant: keeping them would add no lexical diversity.
-    cluster_order = [(F.col("exact_rank") > 1).asc()] + order
-    ranked = ranked.withColumn("cluster_rank", F.row_number().over(Window.partitionBy("root").orderBy(*cluster_order)))
-    ranked = ranked.withColumn("kept", (F.col("exact_rank") == 1) & (F.col("cluster_rank") <= params.top_k))
-    per_doc = ranked.select(*ROW_KEY, "root", "cluster_rank", "kept", "n_exact")
-    return per_doc.join(stats, "root").drop("root")
+    columns = ["chunk", "row", "id", "node", "root", "snapshot", "domain", "crawl_time", "quality", "length"]
+    return clustered.select(*columns).repartition("root").mapInArrow(cluster_annotations(params), ANNOTATION_SCHEMA)
+
+
+def cluster_annotations(params: DedupParams):
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [batch for batch in batches if batch.num_rows]
+        if batches:
+            yield from annotate_clusters(pa.Table.from_batches(batches), params).to_batches()
+
+    return compute
+
+
+def annotate_clusters(rows: pa.Table, params: DedupParams) -> pa.Table:
+    """Annotations for every row of whole clusters (rows grouped by root)."""
+    order = rank_sort_keys(params.rank_by)
+    # Exact copies of a text (same node) ranked among themselves first ...
+    rows = rows.take(pc.sort_indices(rows, [("root", "ascending", "at_end"), ("node", "ascending", "at_end"), *order]))
+    exact_rank, n_exact = ranks_within(rows.column("root"), rows.column("node"))
+    rows = rows.append_column("exact_rank", pa.array(exact_rank)).append_column("n_exact", pa.array(n_exact))
+    # ... then, inside the cluster, every distinct variant before any exact repeat: repeats add no lexical diversity.
+    rows = rows.append_column("repeat", pc.greater(rows.column("exact_rank"), 1))
+    rows = rows.take(pc.sort_indices(rows, [("root", "ascending", "at_end"), ("repeat", "ascending", "at_end"), *order]))
+    cluster_rank, _ = ranks_within(rows.column("root"))
+    kept = (rows.column("exact_rank").to_numpy() == 1) & (cluster_rank <= params.top_k)
+    stats = rows.group_by("root").aggregate(
+        [
+            ("id", "min"), ("root", "count"), ("node", "count_distinct"), ("snapshot", "count_distinct"),
+            ("domain", "count_distinct"), ("snapshot", "min"), ("snapshot", "max"), ("crawl_time", "min"),
+            ("crawl_time", "max"),
+        ]
+    )  # fmt: skip
+    stats = stats.rename_columns(
+        {
+            "id_min": "cluster_id", "root_count": "cluster_size", "node_count_distinct": "n_variants",
+            "snapshot_count_distinct": "n_snapshots", "domain_count_distinct": "n_domains",
+            "snapshot_min": "first_snapshot", "snapshot_max": "last_snapshot", "crawl_time_min": "first_seen",
+            "crawl_time_max": "last_seen",
+        }
+    )  # fmt: skip
+    per_row = pa.table(
+        {
+            "chunk": rows.column("chunk"), "row": rows.column("row"), "root": rows.column("root"),
+            "kept": pa.array(kept), "cluster_rank": pa.array(cluster_rank.astype(np.int32)),
+            "n_exact": rows.column("n_exact"),
+        }
+    )  # fmt: skip
+    joined = per_row.join(stats, "root")
+    return joined.select([field.name for field in ANNOTATION_SCHEMA.fields])
+
+
+def ranks_within(*keys: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows sorted by keys: 1-based rank inside each run of equal keys, and the run's length."""
+    n = len(keys[0])
+    changes = np.zeros(n, dtype=bool)
+    if n:
+        changes[0] = True
+    for key in keys:
+        values = key.to_numpy()
+        changes[1:] |= values[1:] != values[:-1]
+    starts = np.flatnonzero(changes)
+    lengths = np.diff(np.r_[starts, n])
+    run_start = np.repeat(starts, lengths)
+    return np.arange(n) - run_start + 1, np.repeat(lengths, lengths).astype(np.int64)
 
 
 OUTPUT_LEADING_COLUMNS = [
@@ -436,11 +569,113 @@ OUTPUT_LEADING_COLUMNS = [
     "first_snapshot", "last_snapshot", "first_seen", "last_seen", "content_hash",
     "text", "url", "domain", "snapshot", "crawl_time", "quality",
 ]  # fmt: skip
+ANNOTATION_TYPES = {
+    "cluster_id": pa.string(), "cluster_size": pa.int64(), "n_snapshots": pa.int64(), "n_domains": pa.int64(),
+    "kept": pa.bool_(), "cluster_rank": pa.int32(), "n_variants": pa.int64(), "n_exact": pa.int64(),
+    "first_snapshot": pa.string(), "last_snapshot": pa.string(), "first_seen": TIMESTAMP, "last_seen": TIMESTAMP,
+}  # fmt: skip
 
 
-def output_columns(df: DataFrame) -> list[str]:
-    rest = sorted(c for c in df.columns if c not in OUTPUT_LEADING_COLUMNS)
-    return OUTPUT_LEADING_COLUMNS + rest
+def output_schemas(input_schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
+    """(data, quarantine) schemas: leading columns first, then every other input column by name."""
+    documents = with_column(normalised_documents(input_schema.empty_table()), "content_hash", pa.array([], pa.string())).schema
+    fields = {field.name: field.type for field in documents}
+    rest = sorted(name for name in fields if name not in OUTPUT_LEADING_COLUMNS)
+    data_fields = {**fields, **ANNOTATION_TYPES}
+    data = pa.schema([(name, data_fields[name]) for name in OUTPUT_LEADING_COLUMNS + rest])
+    quarantine_names = ["id", "quarantine_reason", "content_hash", "text"]
+    quarantine_fields = {**fields, "quarantine_reason": pa.string()}
+    rest = sorted(name for name in quarantine_fields if name not in quarantine_names)
+    quarantine = pa.schema([(name, quarantine_fields[name]) for name in quarantine_names + rest])
+    return data, quarantine
+
+
+PLACEMENT_COLUMNS = ["chunk", "row", "quarantine_reason", *ANNOTATION_TYPES]
+COUNT_SCHEMA = T.StructType([T.StructField("chunk", T.IntegerType()), T.StructField("counts", T.StringType())])
+
+
+def placement_keys(spark: SparkSession, n_partitions: int) -> list[int]:
+    """keys[i] is a number that Spark's hash partitioning sends to partition i of n_partitions.
+
+    Repartitioning by keys[chunk] gives every chunk's annotations a task of their own (hashing the chunk number
+    itself would put two chunks in one task and none in another).
+    """
+    candidates = spark.range(64 * n_partitions).select(
+        F.col("id").alias("key"), F.expr(f"pmod(hash(id), {n_partitions})").alias("partition")
+    )
+    first = dict(candidates.groupBy("partition").agg(F.min("key").alias("key")).collect())
+    if len(first) < n_partitions:
+        raise RuntimeError(f"no hash key found for {n_partitions - len(first)} of {n_partitions} partitions")
+    return [int(first[i]) for i in range(n_partitions)]
+
+
+def write_chunks(chunks: list[Chunk], data_uri: str, quarantine_uri: str, schemas: tuple[pa.Schema, pa.Schema]):
+    """mapInArrow over annotations sorted by (chunk, row): write each chunk's documents and quarantined rows."""
+
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [batch for batch in batches if batch.num_rows]
+        if not batches:
+            return
+        annotations = pa.Table.from_batches(batches)
+        chunk_column = annotations.column("chunk").to_numpy()
+        starts = np.flatnonzero(np.r_[True, chunk_column[1:] != chunk_column[:-1]])
+        for start, stop in zip(starts, [*starts[1:], len(chunk_column)]):
+            chunk = chunks[int(chunk_column[start])]
+            counts = write_chunk(chunk, annotations.slice(start, stop - start), data_uri, quarantine_uri, schemas)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([chunk.index], pa.int32()), pa.array([json.dumps(counts)])], names=["chunk", "counts"]
+            )
+
+    return compute
+
+
+def write_chunk(chunk: Chunk, annotations: pa.Table, data_uri: str, quarantine_uri: str, schemas) -> dict:
+    """Join one chunk's documents with their annotations (one per row, in row order) and write both outputs."""
+    docs = normalised_documents(read_chunk(chunk))
+    rows = annotations.column("row").to_numpy()
+    if len(rows) != len(docs) or not np.array_equal(rows, np.arange(len(docs))):
+        raise RuntimeError(f"chunk {chunk.index} ({chunk.uri}): {len(rows)} annotations for {len(docs)} documents")
+    hashes = pa.array([content_hash(text) for text in docs.column("text").to_pylist()], pa.string())
+    docs = with_column(docs, "content_hash", hashes)
+    reasons = annotations.column("quarantine_reason")
+    quarantined = pc.is_valid(reasons)
+    data = docs.filter(pc.invert(quarantined))
+    annotated = annotations.filter(pc.invert(quarantined))
+    for name in ANNOTATION_TYPES:
+        data = data.append_column(name, annotated.column(name))
+    write_parquet(conform(data, schemas[0]), part_uri(data_uri, chunk))
+    bad = docs.filter(quarantined).append_column("quarantine_reason", reasons.filter(quarantined))
+    write_parquet(conform(bad, schemas[1]), part_uri(quarantine_uri, chunk))
+    return {
+        "documents": len(data),
+        "kept": int(pc.sum(annotated.column("kept")).as_py() or 0),
+        "clusters": int(pc.sum(pc.equal(annotated.column("cluster_rank"), 1)).as_py() or 0),
+        "in_duplicate_clusters": int(pc.sum(pc.greater(annotated.column("cluster_size"), 1)).as_py() or 0),
+        "with_exact_copies": int(pc.sum(pc.greater(annotated.column("n_exact"), 1)).as_py() or 0),
+        "quarantined": dict(Counter(bad.column("quarantine_reason").to_pylist())),
+    }
+
+
+def parquet_inputs(spark: SparkSession, input_uri: str | list[str], scratch_uri: str) -> list[str]:
+    """The input's Parquet files; JSONL inputs are first converted by Spark (schema inference, malformed lines
+    kept as rows without id), into scratch_uri."""
+    uris = [input_uri] if isinstance(input_uri, str) else list(input_uri)
+    files = data_files(uris)
+    if input_format(files, ", ".join(uris)) == "parquet":
+        return files
+    documents = spark.read.option("mode", "PERMISSIVE").json(files)
+    if "crawl_time" in documents.columns:
+        documents = documents.withColumn("crawl_time", F.col("crawl_time").cast("timestamp"))
+    documents.write.mode("overwrite").parquet(scratch_uri)
+    rename_parts(spark, scratch_uri)
+    return data_files([scratch_uri])
+
+
+def unified_schema(files: list[str], rows_per_chunk: int) -> tuple[list[Chunk], pa.Schema]:
+    try:
+        return plan_chunks(files, rows_per_chunk)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise XgenError(f"dedup input files disagree on their columns: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,22 +693,28 @@ def run_dedup(
     """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
-    The texts are read twice rather than cached: once to hash them (signatures plus the slim per-document columns,
-    which are kept) and once to write them out with their metadata.
+    The texts are read twice by Python tasks, never shipped through Spark: once to check and hash them, once to
+    write them out with their annotations.
     """
     started = time.perf_counter()
 
     def done(step: str) -> None:
         log(f"dedup: {step} ({time.perf_counter() - started:.1f} s)")
 
-    documents = normalise_documents(read_documents(spark, input_uri))
-    checked = with_row_problems(with_content_key(documents), params.max_doc_chars)
-    hashable = checked.filter(F.col("quarantine_reason").isNull()).drop("quarantine_reason")
+    scratch = join(output_uri, "_input")
+    chunks, input_schema = unified_schema(parquet_inputs(spark, input_uri, scratch), params.rows_per_chunk)
+    schemas = output_schemas(input_schema)
+    descriptors = chunk_frame(spark, chunks)
 
-    reused = reusable_snapshots(spark, hashable, params, previous)
-    per_document = hash_documents(hashable, params, reused).localCheckpoint()
+    reused: list[str] = []
+    if previous:
+        nodes = descriptors.mapInArrow(scan_chunks(params, frozenset(), False), PER_DOCUMENT_SCHEMA)
+        reused = reusable_snapshots(spark, nodes.filter(F.col("quarantine_reason").isNull()), params, previous)
+    scan = scan_chunks(params, frozenset(reused), True)
+    per_document = descriptors.mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
     done("documents hashed")
-    write_signatures(signatures_of(per_document, spark, previous, reused), f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
+    hashable = per_document.filter(F.col("quarantine_reason").isNull())
+    write_signatures(signatures_of(hashable, spark, previous, reused), f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
     stored = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{output_uri}/signatures")
     # Written from the stored signatures (one row per distinct text and snapshot): the same values the documents
     # give, and the same file whether or not earlier signatures were reused.
@@ -487,46 +728,35 @@ def run_dedup(
     roots = connected_components(edges, log)
     done("connected components")
 
-    ranked_ids = rank_repeated_ids(per_document.drop("signature", "has_shingles")).localCheckpoint()
-    metadata = cluster_metadata(ranked_ids.filter("id_rank = 1").drop("id_rank"), roots, params)
-    if ranked_ids.count() <= BROADCAST_METADATA_ROWS:
-        # Ship the slim metadata to every task instead of shuffling the texts to meet it.
-        metadata = F.broadcast(metadata)
-    annotated = hashable.join(metadata, ROW_KEY).drop("node")
-    write_deterministic_parquet(
-        annotated.select(*output_columns(annotated)), f"{output_uri}/data", params.output_files,
-        ["cluster_id", "cluster_rank"], partition_column="cluster_id",
-    )  # fmt: skip
+    ranked = rank_repeated_ids(hashable.drop("signature", "has_shingles"))
+    metadata = cluster_metadata(ranked.filter("id_rank = 1").drop("id_rank"), roots, params)
+    repeated = ranked.filter("id_rank > 1").select("chunk", "row", F.lit("duplicate_id").alias("quarantine_reason"))
+    bad_rows = per_document.filter(F.col("quarantine_reason").isNotNull()).select("chunk", "row", "quarantine_reason")
+    placement = metadata.unionByName(bad_rows.unionByName(repeated), allowMissingColumns=True)
+    keys = spark.createDataFrame(list(enumerate(placement_keys(spark, len(chunks)))), "chunk int, partition_key long")
+    by_chunk = placement.join(F.broadcast(keys), "chunk").repartition(len(chunks), "partition_key")
+    for folder in ("data", "quarantine"):
+        store_for(output_uri).delete_prefix(normalize_uri(join(output_uri, folder)))
+    writer = write_chunks(chunks, join(output_uri, "data"), join(output_uri, "quarantine"), schemas)
+    per_chunk = by_chunk.sortWithinPartitions("chunk", "row").select(*PLACEMENT_COLUMNS).mapInArrow(writer, COUNT_SCHEMA)
+    counts = summed_counts([json.loads(row.counts) for row in per_chunk.collect()], len(reused))
+    store_for(output_uri).delete_prefix(normalize_uri(scratch))
     done("documents written")
-    quarantined = checked.filter(F.col("quarantine_reason").isNotNull())
-    repeated_keys = repeated_id_keys(ranked_ids).localCheckpoint()
-    n_repeated = repeated_keys.count()
-    if n_repeated:
-        keys = F.broadcast(repeated_keys) if n_repeated <= BROADCAST_METADATA_ROWS else repeated_keys
-        repeated = hashable.join(keys, ROW_KEY, "left_semi")
-        quarantined = quarantined.unionByName(repeated.withColumn("quarantine_reason", F.lit("duplicate_id")))
-    write_deterministic_parquet(quarantined.drop("node"), f"{output_uri}/quarantine", 1, ["id", "quarantine_reason"])
-    counts = dedup_counts(spark, output_uri, reused)
-    done("counted")
     return counts
 
 
-def dedup_counts(spark: SparkSession, output_uri: str, reused: list[str]) -> dict:
-    data = spark.read.parquet(f"{output_uri}/data")
-    summary = data.agg(
-        F.count("*").alias("documents"),
-        F.sum(F.col("kept").cast("long")).alias("kept"),
-        F.countDistinct("cluster_id").alias("clusters"),
-        F.sum(F.when(F.col("cluster_size") > 1, 1).otherwise(0)).alias("in_duplicate_clusters"),
-        F.sum(F.when(F.col("n_exact") > 1, 1).otherwise(0)).alias("with_exact_copies"),
-    ).first()
-    quarantine = spark.read.parquet(f"{output_uri}/quarantine")
-    reasons = {row.quarantine_reason: row["count"] for row in quarantine.groupBy("quarantine_reason").count().collect()}
-    counts = {key: int(summary[key] or 0) for key in summary.asDict()}
+def summed_counts(per_chunk: list[dict], n_reused: int) -> dict:
+    counts = {key: 0 for key in ("documents", "kept", "clusters", "in_duplicate_clusters", "with_exact_copies")}
+    reasons: dict[str, int] = {}
+    for chunk in per_chunk:
+        for key in counts:
+            counts[key] += chunk[key]
+        for reason, n in chunk["quarantined"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
     counts["not_kept"] = counts["documents"] - counts["kept"]
     counts["quarantined"] = sum(reasons.values())
-    counts.update({f"quarantined_{reason}": int(n) for reason, n in sorted(reasons.items())})
-    counts["snapshots_reusing_signatures"] = len(reused)
+    counts.update({f"quarantined_{reason}": n for reason, n in sorted(reasons.items())})
+    counts["snapshots_reusing_signatures"] = n_reused
     return counts
 
 
@@ -541,7 +771,7 @@ def params_from_config(cfg) -> DedupParams:
     c = cfg.dedup
     return DedupParams(
         ngram=c.ngram, num_perm=c.num_perm, seed=c.seed, threshold=c.threshold, top_k=c.top_k,
-        verify_jaccard=c.verify_jaccard, rank_by=tuple(c.rank_by), output_files=c.output_files,
+        verify_jaccard=c.verify_jaccard, rank_by=tuple(c.rank_by), rows_per_chunk=c.rows_per_chunk,
         max_doc_chars=c.max_doc_chars,
     )  # fmt: skip
 
