@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from xgen_core import artifacts
 from xgen_core.cli import main as cli_main
 from xgen_core.data.decontam import eval_texts
 from xgen_core.data.mixture import params_from_config, run_mixture
+from xgen_core.errors import XgenError
 from xgen_core.report import write_report
 from xgen_core.stages import run_stage
 
@@ -156,3 +158,11 @@ def test_dedup_command_reads_plain_jsonl(tmp_path, capsys):
     assert result["d0"]["cluster_id"] == result["d1"]["cluster_id"] == result["d2"]["cluster_id"] == "d0"
     assert result["d0"]["cluster_size"] == 3 and result["d0"]["n_snapshots"] == 3 and result["d0"]["n_domains"] == 3
     assert sum(result[d]["kept"] for d in ("d0", "d1", "d2")) == 1 and result["other"]["kept"]
+
+
+def test_a_curriculum_stage_left_empty_is_a_clear_error(pipeline, spark, tmp_path):
+    cfg, outcomes, _ = pipeline
+    params = params_from_config(cfg)
+    starved = tuple(replace(stage, tokens=0) if stage.name == "s2" else stage for stage in params.stages)
+    with pytest.raises(XgenError, match="curriculum stage 's2' selected no documents"):
+        run_mixture(spark, outcomes["signals"].uri, str(tmp_path / "starved"), replace(params, stages=starved))

@@ -716,9 +716,8 @@ def run_dedup(
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
     write_signatures(signatures_of(hashable, spark, previous, reused), f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
     stored = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{output_uri}/signatures")
-    # Written from the stored signatures (one row per distinct text and snapshot): the same values the documents
-    # give, and the same file whether or not earlier signatures were reused.
-    write_deterministic_parquet(snapshot_fingerprints(stored, params), f"{output_uri}/signature_index", 1, ["snapshot"])
+    # The distinct (snapshot, text) pairs of the documents are those the signatures hold, reused or not.
+    write_deterministic_parquet(snapshot_fingerprints(hashable, params), f"{output_uri}/signature_index", 1, ["snapshot"])
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
 
     edges = candidate_edges(stored, params, int(spark.conf.get("spark.sql.shuffle.partitions")))

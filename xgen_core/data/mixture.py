@@ -176,6 +176,12 @@ def run_mixture(
         manifest_rows = rows.select("id", "cluster_id", "repeats", "tokens", "kind", "source", "text")
         write_deterministic_parquet(manifest_rows, f"{output_uri}/stages/{stage.name}", params.output_files, ["id"])
         summary = stage_summary(spark, f"{output_uri}/stages/{stage.name}", stage, repeats, params)
+        if not summary["documents"]:
+            raise XgenError(
+                f"curriculum stage {stage.name!r} selected no documents (budget {stage.tokens:,} tokens, "
+                f"min_quality_percentile {stage.min_quality_percentile}, pl_share {stage.pl_share}): raise its "
+                "tokens or lower its quality threshold in mixture.stages"
+            )
         write_file(f"{output_uri}/stages/{stage.name}.json", json.dumps(summary, indent=2).encode())
         summaries[stage.name] = summary
         log(f"mixture: {stage.name}: {summary['tokens']:,} tokens, pl share {summary['pl_share']:.2f}")
