@@ -1,12 +1,8 @@
-"""Reading documents and writing byte-reproducible Parquet with Spark, on any filesystem Hadoop can reach."""
+"""Writing byte-reproducible Parquet with Spark, on any filesystem Hadoop can reach."""
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
-
-from xgen_core.errors import XgenError
-
-JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 
 
 def hadoop_fs(spark: SparkSession, uri: str):
@@ -14,37 +10,6 @@ def hadoop_fs(spark: SparkSession, uri: str):
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
-
-
-def list_data_files(spark: SparkSession, uri: str) -> list[str]:
-    """Data files under uri (recursive), skipping Spark/Hadoop bookkeeping files (_SUCCESS, .crc, ...)."""
-    fs, path = hadoop_fs(spark, uri)
-    if not fs.exists(path):
-        raise XgenError(f"input {uri} does not exist")
-    if fs.getFileStatus(path).isFile():
-        return [path.toString()]
-    files = fs.listFiles(path, True)
-    names = []
-    while files.hasNext():
-        file_path = files.next().getPath()
-        if not file_path.getName().startswith((".", "_")):
-            names.append(file_path.toString())
-    return sorted(names)
-
-
-def read_documents(spark: SparkSession, uris: str | list[str]) -> DataFrame:
-    """A DataFrame of documents from JSONL (optionally gzipped) or Parquet: files or directories of them."""
-    uris = [uris] if isinstance(uris, str) else list(uris)
-    uri = ", ".join(uris)
-    files = sorted(name for one in uris for name in list_data_files(spark, one))
-    if not files:
-        raise XgenError(f"input {uri} holds no data files")
-    if all(name.endswith(".parquet") for name in files):
-        return spark.read.parquet(*files)
-    if all(name.endswith(JSON_SUFFIXES) for name in files):
-        return spark.read.option("mode", "PERMISSIVE").json(files)
-    kinds = sorted({name.rsplit("/", 1)[-1].split(".", 1)[-1] for name in files})
-    raise XgenError(f"input {uri} mixes or lacks known formats (.jsonl / .parquet): found {kinds}")
 
 
 def write_deterministic_parquet(
