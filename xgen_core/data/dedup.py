@@ -341,39 +341,46 @@ def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Candidate edges and connected components
 
-BAND_SCHEMA = T.StructType([T.StructField("node", T.LongType()), T.StructField("band_key", T.LongType())])
+BLOCK_SCHEMA = T.StructType([T.StructField("partition_key", T.LongType()), T.StructField("pairs", T.BinaryType())])
+EDGE_SCHEMA = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
 
 
-def band_batches(params: DedupParams):
+def band_blocks(params: DedupParams, partition_keys: list[int]):
+    """mapInArrow: each batch's (band_key, node) pairs, packed into one binary block per target partition.
+
+    Every document lands in `bands` buckets; shuffling one Spark row per (document, band) costs more than the
+    banding itself, so the pairs travel as a few large blocks, routed by band_key, and are unpacked in numpy.
+    """
     bands, rows = minhash.lsh_params(params.threshold, params.num_perm)
+    n_partitions = len(partition_keys)
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            sigs = signature_matrix(batch.column("signature"), params.num_perm)
-            keys = minhash.band_keys(sigs, bands, rows)
-            nodes = np.repeat(batch.column("node").to_numpy(), bands)
-            yield pa.RecordBatch.from_arrays([pa.array(nodes), pa.array(keys.reshape(-1))], names=["node", "band_key"])
+            keys = minhash.band_keys(signature_matrix(batch.column("signature"), params.num_perm), bands, rows)
+            pairs = np.stack([keys.reshape(-1), np.repeat(batch.column("node").to_numpy(), bands)], axis=1)
+            target = (pairs[:, 0].view(np.uint64) % np.uint64(n_partitions)).astype(np.int64)
+            order = np.argsort(target, kind="stable")
+            pairs, target = pairs[order], target[order]
+            starts = np.searchsorted(target, np.arange(n_partitions + 1))
+            blocks = [(partition_keys[p], pairs[starts[p] : starts[p + 1]].tobytes()) for p in range(n_partitions) if starts[p + 1] > starts[p]]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([k for k, _ in blocks], pa.int64()), pa.array([b for _, b in blocks], pa.binary())],
+                names=["partition_key", "pairs"],
+            )
 
     return compute
 
 
-EDGE_SCHEMA = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
-
-
 def bucket_star_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow over a partition holding whole buckets: star edges from each shared bucket's members to its minimum.
-
-    Sorting the partition's (band_key, node) pairs with numpy replaces a per-bucket array aggregation in Spark.
-    """
-    nodes, keys = [], []
-    for batch in batches:
-        nodes.append(batch.column("node").to_numpy())
-        keys.append(batch.column("band_key").to_numpy())
-    if not nodes:
+    """mapInArrow over a partition's blocks, which hold whole buckets: star edges from each shared bucket's members
+    to its minimum (one numpy sort of the partition's pairs)."""
+    blocks = [block for batch in batches for block in batch.column("pairs").to_pylist()]
+    if not blocks:
         return
-    node, key = np.concatenate(nodes), np.concatenate(keys)
+    pairs = np.frombuffer(b"".join(blocks), dtype=np.int64).reshape(-1, 2)
+    key, node = pairs[:, 0], pairs[:, 1]
     order = np.lexsort((node, key))
     node, key = node[order], key[order]
     first_of_bucket = np.r_[True, key[1:] != key[:-1]]
@@ -393,10 +400,12 @@ def candidate_edges(signatures: DataFrame, params: DedupParams, partitions: int)
 
     A star per bucket keeps the edge count linear in bucket size (a bucket of 10,000 exact copies would give 50M
     pairs) while leaving the components unchanged. A text stored for several snapshots lands in the same buckets
-    several times, which the final distinct absorbs.
+    several times, and a pair sharing several bands gives the same edge in several partitions: the final distinct
+    absorbs both.
     """
-    banded = signatures.filter("has_shingles").select("node", "signature").mapInArrow(band_batches(params), BAND_SCHEMA)
-    by_bucket = banded.repartition(partitions, "band_key")
+    keys = placement_keys(signatures.sparkSession, partitions)
+    blocks = signatures.filter("has_shingles").select("node", "signature").mapInArrow(band_blocks(params, keys), BLOCK_SCHEMA)
+    by_bucket = blocks.repartition(partitions, "partition_key")
     return by_bucket.mapInArrow(bucket_star_batches, EDGE_SCHEMA).distinct()
 
 
@@ -597,8 +606,8 @@ COUNT_SCHEMA = T.StructType([T.StructField("chunk", T.IntegerType()), T.StructFi
 def placement_keys(spark: SparkSession, n_partitions: int) -> list[int]:
     """keys[i] is a number that Spark's hash partitioning sends to partition i of n_partitions.
 
-    Repartitioning by keys[chunk] gives every chunk's annotations a task of their own (hashing the chunk number
-    itself would put two chunks in one task and none in another).
+    Repartitioning rows of group i by keys[i] gives every group a task of its own (hashing i itself would put two
+    groups in one task and none in another).
     """
     candidates = spark.range(64 * n_partitions).select(
         F.col("id").alias("key"), F.expr(f"pmod(hash(id), {n_partitions})").alias("partition")
@@ -714,16 +723,17 @@ def run_dedup(
     per_document = descriptors.mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
     done("documents hashed")
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
-    write_signatures(signatures_of(hashable, spark, previous, reused), f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
-    stored = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{output_uri}/signatures")
+    # Fresh signatures from memory, reused ones from the previous output; written per snapshot for the next refresh.
+    signatures = signatures_of(hashable, spark, previous, reused)
+    write_signatures(signatures, f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
     # The distinct (snapshot, text) pairs of the documents are those the signatures hold, reused or not.
     write_deterministic_parquet(snapshot_fingerprints(hashable, params), f"{output_uri}/signature_index", 1, ["snapshot"])
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
 
-    edges = candidate_edges(stored, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    edges = candidate_edges(signatures, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
     if params.verify_jaccard:
-        # A text seen in several snapshots has one signature: keep one row per node.
-        edges = verified_edges(edges, stored.select("node", "signature").dropDuplicates(["node"]), params)
+        # A text seen in several snapshots or chunks has one signature: keep one row per node.
+        edges = verified_edges(edges, signatures.select("node", "signature").dropDuplicates(["node"]), params)
     roots = connected_components(edges, log)
     done("connected components")
 
