@@ -16,7 +16,11 @@ import json
 import statistics
 import time
 
-import jax
+from xgen_core.train.host import configure_cpu_training
+
+configure_cpu_training()  # before JAX is imported (see xgen_core/train/host.py), as the stage runner does
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 

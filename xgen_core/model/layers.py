@@ -42,13 +42,14 @@ class RMSNorm(nn.Module):
 def rope_tables(positions, head_dim: int, theta: float):
     """(sin, cos) of the rotary angles, each (batch, len, 1, head_dim / 2) float32.
 
-    Computed once per forward pass and shared by every layer: inside `apply_rope` XLA would fuse the
-    power, sine and cosine into each rotation and evaluate them per element of every head.
+    Computed once per forward pass and shared by every layer. The optimization barrier makes them real
+    arrays: otherwise XLA fuses the power, sine and cosine into every rotation (forward and backward)
+    and evaluates them again for each element of each head.
     """
     half = head_dim // 2
     inverse_frequency = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[:, :, None, None] * inverse_frequency
-    return jnp.sin(angles), jnp.cos(angles)
+    return jax.lax.optimization_barrier((jnp.sin(angles), jnp.cos(angles)))
 
 
 def apply_rope(x, rope):
