@@ -61,7 +61,7 @@ class Decoder(nn.Module):
         # Gather the float32 rows, then cast: the backward pass scatter-adds into float32, not bf16.
         x = embedding[tokens].astype(self.compute_dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        rope = rope_tables(positions, s.head_dim, s.rope_theta)
+        rope = rope_tables(positions, s.head_dim, s.rope_theta, max(s.max_seq_len, tokens.shape[1]))
         block_args = (s, self.attention_impl, self.compute_dtype, self.param_dtype)
         block = nn.remat(DecoderBlock, prevent_cse=not self.scan_layers) if self.remat else DecoderBlock
         if self.scan_layers:

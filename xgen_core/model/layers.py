@@ -6,6 +6,7 @@ map them onto the device mesh) and cast to the compute dtype where they are used
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -39,17 +40,20 @@ class RMSNorm(nn.Module):
         return (normed * scale.astype(jnp.float32)).astype(self.compute_dtype)
 
 
-def rope_tables(positions, head_dim: int, theta: float):
+def rope_tables(positions, head_dim: int, theta: float, max_position: int):
     """(sin, cos) of the rotary angles, each (batch, len, 1, head_dim / 2) float32.
 
-    Computed once per forward pass and shared by every layer. The optimization barrier makes them real
-    arrays: otherwise XLA fuses the power, sine and cosine into every rotation (forward and backward)
-    and evaluates them again for each element of each head.
+    Looked up in a (max_position, head_dim / 2) table that depends on no input, so XLA folds it into a
+    constant: computed from `positions` directly, the power, sine and cosine get fused into every
+    rotation (forward and backward) and evaluated again for each element of each head (an optimization
+    barrier does not stop that on CPU, where barriers are removed before fusion). A position at or
+    beyond `max_position` reads NaN rather than a wrong angle.
     """
     half = head_dim // 2
     inverse_frequency = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[:, :, None, None] * inverse_frequency
-    return jax.lax.optimization_barrier((jnp.sin(angles), jnp.cos(angles)))
+    angles = jnp.arange(max_position, dtype=jnp.float32)[:, None] * inverse_frequency
+    lookup = functools.partial(jnp.take, indices=positions, axis=0, mode="fill", fill_value=jnp.nan)
+    return lookup(jnp.sin(angles))[:, :, None], lookup(jnp.cos(angles))[:, :, None]
 
 
 def apply_rope(x, rope):
