@@ -399,6 +399,10 @@ def _run_scoped(cfg: XgenConfig, resolved: Resolved, run_id: str) -> Outcome:
 
 def _call(stage: Stage, ctx: StageContext) -> dict | None:
     module_name, _, function_name = stage.fn.partition(":")
+    if stage.backend == "jax":
+        from xgen_core.train.host import configure_cpu_training
+
+        configure_cpu_training()  # must precede the stage module's `import jax`
     function = getattr(importlib.import_module(module_name), function_name)
     try:
         return function(ctx)  # a Spark session stays up for the next stage of this process (getOrCreate)

@@ -66,3 +66,30 @@ def test_a_few_steps_reduce_the_loss():
         losses.append(float(metrics["loss"]))
     assert losses[-1] < losses[0] - 0.5
     assert int(state.step) == 8
+
+
+def test_an_asynchronous_checkpoint_survives_the_donating_steps_after_it(tmp_path):
+    """The step donates the old state; a save still in flight must write the state it was given."""
+    from xgen_core.train.checkpoint import Checkpointer
+    from xgen_core.train.step import abstract_state
+
+    rows = rows_with_unequal_targets()
+    model = Decoder(get_preset("micro"), attention_impl="xla", compute_dtype=jnp.float32)
+    tx = optax.adamw(1e-2)
+    mesh = mesh_lib.make_mesh(1, -1, 1)
+    shardings = state_shardings(model, tx, mesh)
+    state = init_state(model, tx, mesh, shardings, seed=0)
+    step = make_train_step(model, tx, lambda s: 1e-2, mesh, shardings)
+    batch = device_batch({k: v[None] for k, v in rows.items()}, mesh, batch_axis=1)
+    state, _ = step(state, batch)
+    saved = jax.tree.map(np.array, jax.device_get(state.params))  # copies, taken before the save
+    checkpointer = Checkpointer(str(tmp_path / "ckpt"), keep=2, asynchronous=True)
+    checkpointer.save(1, state, {}, {})
+    for _ in range(3):
+        state, _ = step(state, batch)
+    checkpointer.manager.wait_until_finished()
+    restored, _, _ = checkpointer.restore(1, abstract_state(model, tx), shardings)
+    checkpointer.close()
+    for got, expected in zip(jax.tree.leaves(jax.device_get(restored.params)), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(got, expected)
+    assert int(restored.step) == 1 and int(state.step) == 4

@@ -63,7 +63,7 @@ XLA_QUERY_BLOCK = 128
 
 
 def xla_attention(q, k, v, segment_ids, query_block: int = XLA_QUERY_BLOCK):
-    """Einsum attention, softmax in float32, GQA without repeating K and V.
+    """Einsum attention, softmax in float32, GQA without repeating K and V, with a hand-written backward.
 
     Queries go in blocks, each against the keys up to its own end only: the fully masked upper triangle
     of the score matrix is never computed, which on a CPU (where the score tensor's memory traffic costs
@@ -71,27 +71,69 @@ def xla_attention(q, k, v, segment_ids, query_block: int = XLA_QUERY_BLOCK):
     """
     q_len = q.shape[1]
     if q_len <= query_block or q_len % query_block:
-        return _xla_attention_block(q, k, v, segment_ids, segment_ids, 0)
+        return _attention_block(q, k, v, segment_ids, segment_ids, 0)
     blocks = []
     for start in range(0, q_len, query_block):
         end = start + query_block
-        blocks.append(_xla_attention_block(
+        blocks.append(_attention_block(
             q[:, start:end], k[:, :end], v[:, :end], segment_ids[:, start:end], segment_ids[:, :end], start
         ))
     return jnp.concatenate(blocks, axis=1)
 
 
-def _xla_attention_block(q, k, v, q_segment_ids, kv_segment_ids, q_offset: int):
+def _scores_to_probabilities(q, k, q_segment_ids, kv_segment_ids, q_offset: int):
+    """Normalised attention weights (batch, kv_heads, group, q_len, kv_len) in float32."""
     batch, q_len, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
     grouped_q = q.reshape(batch, q_len, n_kv_heads, n_q_heads // n_kv_heads, head_dim)
     logits = jnp.einsum("btkgd,bskd->bkgts", grouped_q, k, preferred_element_type=jnp.float32)
-    logits = logits / np.sqrt(head_dim).astype(np.float32)
+    logits = logits * np.float32(1 / np.sqrt(head_dim))
     mask = document_causal_mask(q_segment_ids, kv_segment_ids, q_offset)[:, :, None]  # (b, 1, 1, t, s)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention_block(q, k, v, q_segment_ids, kv_segment_ids, q_offset: int):
+    return _attention_block_fwd(q, k, v, q_segment_ids, kv_segment_ids, q_offset)[0]
+
+
+def _attention_block_fwd(q, k, v, q_segment_ids, kv_segment_ids, q_offset):
+    batch, q_len, n_q_heads, head_dim = q.shape
+    weights = _scores_to_probabilities(q, k, q_segment_ids, kv_segment_ids, q_offset).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", weights, v, preferred_element_type=jnp.float32)
-    return out.reshape(batch, q_len, n_q_heads, head_dim).astype(q.dtype)
+    out = out.reshape(batch, q_len, n_q_heads, head_dim).astype(q.dtype)
+    # The weights (in the compute dtype, as the value product read them) are kept for the backward pass
+    # instead of recomputing scores, mask and softmax there.
+    return out, (q, k, v, weights, out, q_segment_ids, kv_segment_ids)
+
+
+def _attention_block_bwd(q_offset, residuals, d_out):
+    """Softmax attention's backward pass with every product in the compute dtype, accumulating in float32.
+
+    Autodiff of the forward would take float32 cotangents into the products (the forward accumulates in
+    float32), and XLA:CPU runs such mixed products as float32 matmuls, several times slower.
+    """
+    q, k, v, weights, out, q_segment_ids, kv_segment_ids = residuals
+    batch, q_len, n_q_heads, head_dim = q.shape
+    n_kv_heads = k.shape[2]
+    group = n_q_heads // n_kv_heads
+    grouped = functools.partial(jnp.reshape, shape=(batch, q_len, n_kv_heads, group, head_dim))
+    d_out = grouped(d_out.astype(q.dtype))
+    f32 = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+    d_v = f32("bkgts,btkgd->bskd", weights, d_out).astype(v.dtype)
+    d_weights = f32("btkgd,bskd->bkgts", d_out, v)
+    # Softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O).
+    delta = jnp.einsum("btkgd,btkgd->bkgt", d_out.astype(jnp.float32), grouped(out).astype(jnp.float32))
+    d_logits = weights.astype(jnp.float32) * (d_weights - delta[..., None]) * np.float32(1 / np.sqrt(head_dim))
+    d_logits = d_logits.astype(q.dtype)
+    d_q = f32("bkgts,bskd->btkgd", d_logits, k).reshape(q.shape).astype(q.dtype)
+    d_k = f32("bkgts,btkgd->bskd", d_logits, grouped(q)).astype(k.dtype)
+    no_grad = functools.partial(np.zeros, dtype=jax.dtypes.float0)
+    return d_q, d_k, d_v, no_grad(q_segment_ids.shape), no_grad(kv_segment_ids.shape)
+
+
+_attention_block.defvjp(_attention_block_fwd, _attention_block_bwd)
 
 
 def jax_nn_attention(q, k, v, segment_ids, *, implementation: str):

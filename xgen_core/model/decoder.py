@@ -16,7 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from xgen_core.model.layers import RMSNorm, SelfAttention, SwiGLU, logical_param
+from xgen_core.model.dense import dense
+from xgen_core.model.layers import RMSNorm, SelfAttention, SwiGLU, logical_param, rope_tables
 from xgen_core.model.presets import ModelSpec
 
 Dtype = Any
@@ -29,11 +30,11 @@ class DecoderBlock(nn.Module):
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, rope, segment_ids):
         s, dtypes = self.spec, dict(compute_dtype=self.compute_dtype, param_dtype=self.param_dtype)
         attended = SelfAttention(
-            s.n_q_heads, s.n_kv_heads, s.head_dim, s.rope_theta, self.attention_impl, name="attention", **dtypes
-        )(RMSNorm(s.norm_eps, name="attention_norm", **dtypes)(x), positions, segment_ids)
+            s.n_q_heads, s.n_kv_heads, s.head_dim, self.attention_impl, name="attention", **dtypes
+        )(RMSNorm(s.norm_eps, name="attention_norm", **dtypes)(x), rope, segment_ids)
         x = x + attended
         x = x + SwiGLU(s.mlp_dim, name="mlp", **dtypes)(RMSNorm(s.norm_eps, name="mlp_norm", **dtypes)(x))
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -57,8 +58,10 @@ class Decoder(nn.Module):
             self, "embedding", (s.vocab_size, s.d_model), ("vocab", "embed"),
             nn.initializers.normal(stddev=0.02), self.param_dtype,
         )
-        x = embedding.astype(self.compute_dtype)[tokens]
+        # Gather the float32 rows, then cast: the backward pass scatter-adds into float32, not bf16.
+        x = embedding[tokens].astype(self.compute_dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        rope = rope_tables(positions, s.head_dim, s.rope_theta, max(s.max_seq_len, tokens.shape[1]))
         block_args = (s, self.attention_impl, self.compute_dtype, self.param_dtype)
         block = nn.remat(DecoderBlock, prevent_cse=not self.scan_layers) if self.remat else DecoderBlock
         if self.scan_layers:
@@ -70,19 +73,19 @@ class Decoder(nn.Module):
                 length=s.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = layers(*block_args, name="layers")(x, positions, segment_ids)
+            x, _ = layers(*block_args, name="layers")(x, rope, segment_ids)
         else:
             for index in range(s.n_layers):
-                x, _ = block(*block_args, name=f"layer_{index}")(x, positions, segment_ids)
+                x, _ = block(*block_args, name=f"layer_{index}")(x, rope, segment_ids)
         # Parameters and logits stay float32 (paper section 3.3): the output projection reads compute-dtype
         # operands but accumulates and returns float32, as MaxText does.
         hidden = RMSNorm(s.norm_eps, self.compute_dtype, self.param_dtype, name="final_norm")(x)
         if s.tie_embeddings:
-            head = embedding.T
+            logits = dense(hidden, embedding, self.compute_dtype, out_dtype=jnp.float32, kernel_transposed=True)
         else:
             head = logical_param(
                 self, "lm_head", (s.d_model, s.vocab_size), ("embed", "vocab"),
                 nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"), self.param_dtype,
             )
-        logits = jnp.matmul(hidden, head.astype(self.compute_dtype), preferred_element_type=jnp.float32)
+            logits = dense(hidden, head, self.compute_dtype, out_dtype=jnp.float32)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

@@ -6,6 +6,7 @@ map them onto the device mesh) and cast to the compute dtype where they are used
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from xgen_core.model.attention import attention
+from xgen_core.model.dense import dense
 
 Dtype = Any
 
@@ -38,12 +40,26 @@ class RMSNorm(nn.Module):
         return (normed * scale.astype(jnp.float32)).astype(self.compute_dtype)
 
 
-def apply_rope(x, positions, theta: float):
-    """Rotate (batch, len, heads, head_dim) by positions (batch, len); Llama's half-split convention."""
-    half = x.shape[-1] // 2
+def rope_tables(positions, head_dim: int, theta: float, max_position: int):
+    """(sin, cos) of the rotary angles, each (batch, len, 1, head_dim / 2) float32.
+
+    Looked up in a (max_position, head_dim / 2) table that depends on no input, so XLA folds it into a
+    constant: computed from `positions` directly, the power, sine and cosine get fused into every
+    rotation (forward and backward) and evaluated again for each element of each head (an optimization
+    barrier does not stop that on CPU, where barriers are removed before fusion). A position at or
+    beyond `max_position` reads NaN rather than a wrong angle.
+    """
+    half = head_dim // 2
     inverse_frequency = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[:, :, None, None] * inverse_frequency
-    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    angles = jnp.arange(max_position, dtype=jnp.float32)[:, None] * inverse_frequency
+    lookup = functools.partial(jnp.take, indices=positions, axis=0, mode="fill", fill_value=jnp.nan)
+    return lookup(jnp.sin(angles))[:, :, None], lookup(jnp.cos(angles))[:, :, None]
+
+
+def apply_rope(x, rope):
+    """Rotate (batch, len, heads, head_dim) by `rope_tables`; Llama's half-split convention."""
+    sin, cos = rope
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
@@ -62,22 +78,22 @@ class SwiGLU(nn.Module):
         up = logical_param(self, "up", (d_model, self.mlp_dim), ("embed", "mlp"), init, self.param_dtype)
         down = logical_param(self, "down", (self.mlp_dim, d_model), ("mlp", "embed"), init, self.param_dtype)
         cd = self.compute_dtype
-        hidden = nn.silu(x @ gate.astype(cd)) * (x @ up.astype(cd))
+        hidden = nn.silu(dense(x, gate, cd)) * dense(x, up, cd)
         hidden = nn.with_logical_constraint(hidden, ("activation_batch", "activation_length", "activation_mlp"))
-        return hidden @ down.astype(cd)
+        return dense(hidden, down, cd)
 
 
 class SelfAttention(nn.Module):
     n_q_heads: int
     n_kv_heads: int
     head_dim: int
-    rope_theta: float
     attention_impl: str
     compute_dtype: Dtype
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, rope, segment_ids):
+        """`rope`: the (sin, cos) tables of `rope_tables` for this row's positions."""
         d_model, cd = x.shape[-1], self.compute_dtype
         init = fan_in_init()
         wq = logical_param(self, "q", (d_model, self.n_q_heads, self.head_dim), ("embed", "q_heads", "kv"),
@@ -88,13 +104,11 @@ class SelfAttention(nn.Module):
                            init, self.param_dtype)
         wo = logical_param(self, "o", (self.n_q_heads, self.head_dim, d_model), ("q_heads", "kv", "embed"),
                            fan_in_init((0, 1)), self.param_dtype)
-        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(cd))
-        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(cd))
-        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(cd))
-        q = apply_rope(q, positions, self.rope_theta)
-        k = apply_rope(k, positions, self.rope_theta)
+        q, k, v = (dense(x, w, cd) for w in (wq, wk, wv))
+        q = apply_rope(q, rope)
+        k = apply_rope(k, rope)
         heads = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         q = nn.with_logical_constraint(q, heads)
         out = attention(q, k, v, segment_ids, impl=self.attention_impl)
         out = nn.with_logical_constraint(out, heads)
-        return jnp.einsum("bthk,hkd->btd", out, wo.astype(cd))
+        return dense(out, wo, cd, contract=2)

@@ -50,10 +50,14 @@ PRESETS: dict[str, ModelSpec] = {
             name="xgen-small-9b", vocab_size=102_400, d_model=4096, n_layers=45, n_q_heads=32, n_kv_heads=8,
             head_dim=128, mlp_dim=14_336, rope_theta=10_000.0, tie_embeddings=False, max_seq_len=4096,
         ),
-        # ~100M parameters: the benchmark's mid-size model.
+        # ~100M parameters (101.7 M): the benchmark's mid-size model, shaped like the xGen-small family
+        # (head size 128, 4 query heads per KV head, MLP 3.5 x d_model as in the 9B) and wide rather than
+        # deep, so its matmuls are large enough for a CPU's matrix units (docs/benchmarks.md, "Train
+        # step"). It replaced d_model 768 x 12 layers (12/4 heads of 64, MLP 2048; 100.7 M), which
+        # trained 1.3x slower per FLOP on the bench machine.
         ModelSpec(
-            name="small-100m", vocab_size=32_768, d_model=768, n_layers=12, n_q_heads=12, n_kv_heads=4,
-            head_dim=64, mlp_dim=2048, rope_theta=10_000.0, tie_embeddings=True, max_seq_len=1024,
+            name="small-100m", vocab_size=32_768, d_model=1024, n_layers=5, n_q_heads=8, n_kv_heads=2,
+            head_dim=128, mlp_dim=3584, rope_theta=10_000.0, tie_embeddings=True, max_seq_len=1024,
         ),
         # ~3M parameters: pretrains on the sample corpus in CPU minutes.
         ModelSpec(

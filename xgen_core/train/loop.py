@@ -27,6 +27,7 @@ from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
 from xgen_core.tokens.packing import inputs_and_targets
 from xgen_core.train import mesh as mesh_lib
 from xgen_core.train.checkpoint import Checkpointer
+from xgen_core.train.host import configure_cpu_training
 from xgen_core.train.metrics import (
     LossSpikeAlarm, MetricsWriter, device_peak_flops, plot_losses, read_metrics,
 )
@@ -153,6 +154,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
     plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
     `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
     """
+    configure_cpu_training()  # a no-op when the stage runner did it before importing JAX
     mesh_lib.maybe_initialize_distributed(options.mesh.distributed)
     out = local_run_directory(out_uri)
     packed = read_packed_stages(pack_dir)
