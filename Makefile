@@ -26,6 +26,7 @@ help:
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it
+	$(PY) -m xgen_core.data.spark_cds  # class archive for fast local Spark drivers (once per environment)
 	@touch $@
 
 env: $(VENV)/.synced

@@ -9,7 +9,8 @@ Prints pairwise precision / recall / F1, hard negatives merged, documents lost, 
 
 Spark settings for a short local job (override with --conf): C1-only JIT and parallel GC with as many threads as
 cores (a fresh JVM otherwise spends tens of CPU-seconds in the C2 compiler), adaptive query execution off (its
-re-planning between stages costs more than it saves on 100k documents).
+re-planning between stages costs more than it saves on 100k documents), and the driver JVM maps the class-data-
+sharing archive `make env` builds (xgen_core/data/spark_cds.py; `--no-class-sharing` to start without it).
 """
 
 from __future__ import annotations
@@ -71,13 +72,15 @@ def run_baseline(path: Path, threshold: float, num_perm: int, ngram: int) -> dic
     return {doc_id: find(doc_id) for doc_id in ids}
 
 
-def short_local_job_conf(cores: int) -> list[str]:
+def short_local_job_conf(cores: int, class_sharing: bool) -> list[str]:
+    from xgen_core.data.spark_cds import java_options
+
     jvm = f"-XX:TieredStopAtLevel=1 -XX:+UseParallelGC -XX:ParallelGCThreads={cores} -XX:CICompilerCount=1"
-    return [f"spark.driver.extraJavaOptions={jvm}", "spark.sql.adaptive.enabled=false"]
+    return [f"spark.driver.extraJavaOptions={jvm} {java_options(class_sharing)}".strip(), "spark.sql.adaptive.enabled=false"]
 
 
 def run_spark(
-    path: Path, output: Path, cores: int, threshold: float, num_perm: int, ngram: int, conf: list[str]
+    path: Path, output: Path, cores: int, threshold: float, num_perm: int, ngram: int, conf: list[str], class_sharing: bool
 ) -> dict[str, str]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -92,7 +95,7 @@ def run_spark(
         .config("spark.sql.shuffle.partitions", str(cores))
         .config("spark.driver.memory", "4g")
     )
-    for item in [*short_local_job_conf(cores), *conf]:
+    for item in [*short_local_job_conf(cores, class_sharing), *conf]:
         key, _, value = item.partition("=")
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -152,6 +155,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=".bench/dedup")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
+    parser.add_argument(
+        "--no-class-sharing", action="store_true", help="start the driver JVM without the class archive `make env` builds"
+    )
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
@@ -173,7 +179,9 @@ def main() -> None:
     output = workdir / "spark-out"
     shutil.rmtree(output, ignore_errors=True)
     start = time.perf_counter()
-    labels = run_spark(input_path, output, args.cores, args.threshold, args.num_perm, args.ngram, args.conf)
+    labels = run_spark(
+        input_path, output, args.cores, args.threshold, args.num_perm, args.ngram, args.conf, not args.no_class_sharing
+    )
     results.append(report(f"spark-local[{args.cores}]", labels, docs, time.perf_counter() - start))
     if len(results) == 2:
         print(f"speed-up spark / datasketch: {results[1]['docs_per_s'] / results[0]['docs_per_s']:.2f}x")

@@ -28,6 +28,7 @@ class SparkConfig(Section):
     app_name: str
     driver_memory: str
     shuffle_partitions: int
+    class_data_sharing: bool
     conf: dict[str, str | int | float | bool]
 
 

@@ -18,6 +18,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -723,20 +724,36 @@ def run_dedup(
     per_document = descriptors.mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
     done("documents hashed")
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
-    # Fresh signatures from memory, reused ones from the previous output; written per snapshot for the next refresh.
+    # Fresh signatures from memory, reused ones from the previous output.
     signatures = signatures_of(hashable, spark, previous, reused)
-    write_signatures(signatures, f"{output_uri}/signatures", spark.sparkContext.defaultParallelism)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
+        stored = background.submit(store_signatures, signatures, hashable, output_uri, params)
+        edges = candidate_edges(signatures, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
+        if params.verify_jaccard:
+            # A text seen in several snapshots or chunks has one signature: keep one row per node.
+            edges = verified_edges(edges, signatures.select("node", "signature").dropDuplicates(["node"]), params)
+        roots = connected_components(edges, log)
+        done("connected components")
+        counts = write_documents(spark, per_document, roots, chunks, schemas, output_uri, params)
+        done("documents written")
+        stored.result()
+    done(f"signatures written (reused for {len(reused)} snapshot(s))")
+    store_for(output_uri).delete_prefix(normalize_uri(scratch))
+    counts["snapshots_reusing_signatures"] = len(reused)
+    return counts
+
+
+def store_signatures(signatures: DataFrame, hashable: DataFrame, output_uri: str, params: DedupParams) -> None:
+    """signatures/ per snapshot, for the next refresh, and signature_index/ telling which snapshot they cover."""
+    write_signatures(signatures, f"{output_uri}/signatures", signatures.sparkSession.sparkContext.defaultParallelism)
     # The distinct (snapshot, text) pairs of the documents are those the signatures hold, reused or not.
     write_deterministic_parquet(snapshot_fingerprints(hashable, params), f"{output_uri}/signature_index", 1, ["snapshot"])
-    done(f"signatures written (reused for {len(reused)} snapshot(s))")
 
-    edges = candidate_edges(signatures, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
-    if params.verify_jaccard:
-        # A text seen in several snapshots or chunks has one signature: keep one row per node.
-        edges = verified_edges(edges, signatures.select("node", "signature").dropDuplicates(["node"]), params)
-    roots = connected_components(edges, log)
-    done("connected components")
 
+def write_documents(spark, per_document: DataFrame, roots: DataFrame, chunks: list[Chunk], schemas, output_uri: str, params: DedupParams) -> dict:
+    """data/ and quarantine/, one file per input chunk: every document with its annotations or quarantine reason."""
+    hashable = per_document.filter(F.col("quarantine_reason").isNull())
     ranked = rank_repeated_ids(hashable.drop("signature", "has_shingles"))
     metadata = cluster_metadata(ranked.filter("id_rank = 1").drop("id_rank"), roots, params)
     repeated = ranked.filter("id_rank > 1").select("chunk", "row", F.lit("duplicate_id").alias("quarantine_reason"))
@@ -748,13 +765,10 @@ def run_dedup(
         store_for(output_uri).delete_prefix(normalize_uri(join(output_uri, folder)))
     writer = write_chunks(chunks, join(output_uri, "data"), join(output_uri, "quarantine"), schemas)
     per_chunk = by_chunk.sortWithinPartitions("chunk", "row").select(*PLACEMENT_COLUMNS).mapInArrow(writer, COUNT_SCHEMA)
-    counts = summed_counts([json.loads(row.counts) for row in per_chunk.collect()], len(reused))
-    store_for(output_uri).delete_prefix(normalize_uri(scratch))
-    done("documents written")
-    return counts
+    return summed_counts([json.loads(row.counts) for row in per_chunk.collect()])
 
 
-def summed_counts(per_chunk: list[dict], n_reused: int) -> dict:
+def summed_counts(per_chunk: list[dict]) -> dict:
     counts = {key: 0 for key in ("documents", "kept", "clusters", "in_duplicate_clusters", "with_exact_copies")}
     reasons: dict[str, int] = {}
     for chunk in per_chunk:
@@ -765,7 +779,6 @@ def summed_counts(per_chunk: list[dict], n_reused: int) -> dict:
     counts["not_kept"] = counts["documents"] - counts["kept"]
     counts["quarantined"] = sum(reasons.values())
     counts.update({f"quarantined_{reason}": n for reason, n in sorted(reasons.items())})
-    counts["snapshots_reusing_signatures"] = n_reused
     return counts
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 
 from xgen_core.config import SparkConfig
+from xgen_core.data.spark_cds import java_options
 
 
 def get_spark(cfg: SparkConfig):
@@ -26,6 +27,9 @@ def get_spark(cfg: SparkConfig):
     conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in cfg.conf.items():
         conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
+    sharing = java_options(cfg.class_data_sharing)
+    if sharing:
+        conf.set("spark.driver.extraJavaOptions", f"{conf.get('spark.driver.extraJavaOptions', '')} {sharing}".strip())
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
