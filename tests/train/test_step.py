@@ -51,15 +51,21 @@ def test_accumulated_gradient_is_normalised_by_all_target_tokens():
     assert abs(mean_of_means - accumulated["loss"]) > 1e-3
 
 
-def test_a_few_steps_reduce_the_loss():
+def micro_training(compute_dtype, lr: float):
+    """(model, tx, shardings, first state, compiled step, one batch) for the micro preset on one device."""
     rows = rows_with_unequal_targets()
-    model = Decoder(get_preset("micro"), attention_impl="xla", compute_dtype=jnp.bfloat16)
-    tx = optax.adamw(3e-3)
+    model = Decoder(get_preset("micro"), attention_impl="xla", compute_dtype=compute_dtype)
+    tx = optax.adamw(lr)
     mesh = mesh_lib.make_mesh(1, -1, 1)
     shardings = state_shardings(model, tx, mesh)
     state = init_state(model, tx, mesh, shardings, seed=0)
-    step = make_train_step(model, tx, lambda s: 3e-3, mesh, shardings)
+    step = make_train_step(model, tx, lambda s: lr, mesh, shardings)
     batch = device_batch({k: v[None] for k, v in rows.items()}, mesh, batch_axis=1)
+    return model, tx, shardings, state, step, batch
+
+
+def test_a_few_steps_reduce_the_loss():
+    _, _, _, state, step, batch = micro_training(jnp.bfloat16, 3e-3)
     losses = []
     for _ in range(8):
         state, metrics = step(state, batch)
@@ -73,14 +79,7 @@ def test_an_asynchronous_checkpoint_survives_the_donating_steps_after_it(tmp_pat
     from xgen_core.train.checkpoint import Checkpointer
     from xgen_core.train.step import abstract_state
 
-    rows = rows_with_unequal_targets()
-    model = Decoder(get_preset("micro"), attention_impl="xla", compute_dtype=jnp.float32)
-    tx = optax.adamw(1e-2)
-    mesh = mesh_lib.make_mesh(1, -1, 1)
-    shardings = state_shardings(model, tx, mesh)
-    state = init_state(model, tx, mesh, shardings, seed=0)
-    step = make_train_step(model, tx, lambda s: 1e-2, mesh, shardings)
-    batch = device_batch({k: v[None] for k, v in rows.items()}, mesh, batch_axis=1)
+    model, tx, shardings, state, step, batch = micro_training(jnp.float32, 1e-2)
     state, _ = step(state, batch)
     saved = jax.tree.map(np.array, jax.device_get(state.params))  # copies, taken before the save
     checkpointer = Checkpointer(str(tmp_path / "ckpt"), keep=2, asynchronous=True)

@@ -205,7 +205,7 @@ def chunk_of(row: dict) -> Chunk:
 
 def scan_chunks(params: DedupParams, skip_snapshots: frozenset[str], with_signatures: bool):
     """mapInArrow over chunk descriptors: every document's slim columns and quarantine reason, and a signature on
-    the first row of each distinct (snapshot, text) of a batch (others carry nulls) unless its snapshot is skipped."""
+    the first row of each distinct (snapshot, text) of the chunk (others carry nulls) unless its snapshot is skipped."""
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -224,21 +224,11 @@ def scan_chunk(chunk: Chunk, params: DedupParams, skip_snapshots: frozenset[str]
     signature_column: list = [None] * len(docs)
     shingles_column: list = [None] * len(docs)
     if with_signatures:
-        # One signature per distinct text of the chunk, stored once for every snapshot holding it.
-        first_row_of_key: dict = {}
+        first_row_of_key = {}
         for row, key in enumerate(zip(snapshots, nodes)):
             if reasons[row] is None and key[0] not in skip_snapshots:
                 first_row_of_key.setdefault(key, row)
-        first_row_of_text: dict = {}
-        for snapshot, node in first_row_of_key:
-            first_row_of_text.setdefault(node, first_row_of_key[snapshot, node])
-        distinct = list(first_row_of_text.items())
-        signature_of: dict = {}
-        for start in range(0, len(distinct), SCAN_BATCH_ROWS):
-            part = distinct[start : start + SCAN_BATCH_ROWS]
-            sigs, has_shingles = minhash.signatures([texts[row] for _, row in part], params.ngram, params.num_perm, params.seed)
-            for index, (node, _) in enumerate(part):
-                signature_of[node] = (sigs[index].tobytes(), bool(has_shingles[index]))
+        signature_of = signatures_by_node(texts, first_row_of_key, params)
         for (_, node), row in first_row_of_key.items():
             signature_column[row], shingles_column[row] = signature_of[node]
     columns = {
@@ -257,6 +247,21 @@ def scan_chunk(chunk: Chunk, params: DedupParams, skip_snapshots: frozenset[str]
         "has_shingles": pa.array(shingles_column, pa.bool_()),
     }
     yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+
+
+def signatures_by_node(texts: list, first_row_of_key: dict, params: DedupParams) -> dict:
+    """node -> (signature bytes, has_shingles): one MinHash per distinct text, however many snapshots hold it."""
+    first_row_of_text: dict = {}
+    for (_, node), row in first_row_of_key.items():
+        first_row_of_text.setdefault(node, row)
+    distinct = list(first_row_of_text.items())
+    signature_of = {}
+    for start in range(0, len(distinct), SCAN_BATCH_ROWS):
+        part = distinct[start : start + SCAN_BATCH_ROWS]
+        sigs, has_shingles = minhash.signatures([texts[row] for _, row in part], params.ngram, params.num_perm, params.seed)
+        for index, (node, _) in enumerate(part):
+            signature_of[node] = (sigs[index].tobytes(), bool(has_shingles[index]))
+    return signature_of
 
 
 def rank_repeated_ids(slim: DataFrame) -> DataFrame:
