@@ -153,3 +153,14 @@ def test_refresh_with_a_new_snapshot_equals_a_run_from_scratch(spark, tmp_path):
     after = {r["id"]: r["n_snapshots"] for r in read_data(tmp_path / "refresh")}
     assert any(after[i] > before[i] for i in before)
     assert all(after[i] >= before[i] for i in before)
+
+
+def test_an_empty_input_gives_empty_readable_outputs(spark, tmp_path):
+    import pyarrow as pa
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), empty)
+    counts = run_dedup(spark, str(empty), str(tmp_path / "out"), PARAMS)
+    assert counts["documents"] == 0 and counts["quarantined"] == 0
+    data = pq.read_table(tmp_path / "out" / "data")
+    assert data.num_rows == 0 and {"cluster_id", "kept", "cluster_rank"} <= set(data.column_names)

@@ -770,7 +770,16 @@ def write_documents(spark, per_document: DataFrame, roots: DataFrame, chunks: li
         store_for(output_uri).delete_prefix(normalize_uri(join(output_uri, folder)))
     writer = write_chunks(chunks, join(output_uri, "data"), join(output_uri, "quarantine"), schemas)
     per_chunk = by_chunk.sortWithinPartitions("chunk", "row").select(*PLACEMENT_COLUMNS).mapInArrow(writer, COUNT_SCHEMA)
-    return summed_counts([json.loads(row.counts) for row in per_chunk.collect()])
+    written = {row.chunk: json.loads(row.counts) for row in per_chunk.collect()}
+    for chunk in chunks:
+        if chunk.index in written:
+            continue
+        if chunk.row_count:
+            raise RuntimeError(f"chunk {chunk.index} ({chunk.uri}): {chunk.row_count} documents were not written")
+        # An empty input chunk still gets its (empty) files: readers of data/ and quarantine/ find them.
+        for folder, schema in zip(("data", "quarantine"), schemas):
+            write_parquet(schema.empty_table(), part_uri(join(output_uri, folder), chunk))
+    return summed_counts(list(written.values()))
 
 
 def summed_counts(per_chunk: list[dict]) -> dict:
