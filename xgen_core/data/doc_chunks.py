@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from xgen_core.data.readers import input_kind, is_data_file
 from xgen_core.errors import XgenError
 from xgen_core.storage import is_gcs, iter_files, join, normalize_uri, store_for
 
-JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 # Row groups of written files: small enough for downstream Spark readers to split a file across tasks.
 ROW_GROUP_ROWS = 8192
 
@@ -38,22 +37,22 @@ class Chunk:
 
 
 def data_files(uris: list[str]) -> list[str]:
-    """Data files under the URIs (files or folders, recursive), skipping bookkeeping files (_SUCCESS, .crc, ...)."""
+    """Data files under the URIs (files or folders, recursive), skipping bookkeeping files (_SUCCESS, .crc, manifests)."""
     found = []
     for uri in uris:
         files = [info.uri for info in iter_files([uri])]
         if not files and not store_for(uri).exists(normalize_uri(uri)):
             raise XgenError(f"input {uri} does not exist")
-        found.extend(f for f in files if not Path(f).name.startswith((".", "_")))
+        found.extend(filter(is_data_file, files))
     return sorted(found)
 
 
 def input_format(files: list[str], described: str) -> str:
     if not files:
         raise XgenError(f"input {described} holds no data files")
-    if all(name.endswith(".parquet") for name in files):
+    if all(name.endswith(".parquet") for name in files):  # pyarrow reads Parquet files, not gzipped ones
         return "parquet"
-    if all(name.endswith(JSON_SUFFIXES) for name in files):
+    if all(input_kind(name) == "jsonl" for name in files):
         return "jsonl"
     kinds = sorted({Path(name).name.split(".", 1)[-1] for name in files})
     raise XgenError(f"input {described} mixes or lacks known formats (.jsonl / .parquet): found {kinds}")
@@ -127,7 +126,3 @@ def write_parquet(table: pa.Table, uri: str) -> None:
 
 def part_uri(folder: str, chunk: Chunk) -> str:
     return join(folder, f"part-{chunk.index:05d}.parquet")
-
-
-def text_column(table: pa.Table, name: str) -> pa.ChunkedArray:
-    return pc.cast(table.column(name), pa.string())
