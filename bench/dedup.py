@@ -86,7 +86,8 @@ def run_spark(
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
-    from xgen_core.data.dedup import DedupParams, run_dedup
+    from xgen_core.config import load_config
+    from xgen_core.data.dedup import run_dedup
 
     builder = (
         SparkSession.builder.master(f"local[{cores}]")
@@ -102,10 +103,10 @@ def run_spark(
     print(f"session up [cpu {process_tree_cpu_seconds():.1f} s]")
     spark.sparkContext.setLogLevel("ERROR")
     rows = pq.ParquetFile(path).metadata.num_rows  # one chunk per core
-    params = DedupParams(
-        ngram=ngram, num_perm=num_perm, seed=1, threshold=threshold, top_k=3, verify_jaccard=True,
-        rank_by=("quality", "recency", "length"), rows_per_chunk=-(-rows // cores), max_doc_chars=1_000_000,
-    )  # fmt: skip
+    # The pipeline's dedup section (top-k, ranking, Jaccard check as configured), with the benchmark's settings;
+    # seed 1 is the seed the datasketch baseline uses.
+    settings = {"ngram": ngram, "num_perm": num_perm, "seed": 1, "threshold": threshold, "rows_per_chunk": -(-rows // cores)}
+    params = load_config("tiny", [f"dedup.{key}={value}" for key, value in settings.items()]).dedup
     counts = run_dedup(spark, str(path), str(output), params, log=lambda m: print(f"{m} [cpu {process_tree_cpu_seconds():.1f} s]"))
     print(f"spark cpu seconds (driver, JVM, Python workers): {process_tree_cpu_seconds():.1f}")
     spark.stop()

@@ -6,14 +6,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from xgen_core.data.dedup import DedupParams, run_dedup
+from xgen_core.config import DedupConfig
+from xgen_core.data.dedup import run_dedup
 from xgen_core.data.neardup_set import generate, merged_hard_negatives, true_pairs_f1
 
 pytestmark = pytest.mark.spark
 
-PARAMS = DedupParams(
-    ngram=5, num_perm=128, seed=1, threshold=0.5, top_k=3, verify_jaccard=True,
-    rank_by=("quality", "recency", "length"), rows_per_chunk=150, max_doc_chars=20_000,
+PARAMS = DedupConfig(
+    inputs=[], ngram=5, num_perm=128, seed=1, threshold=0.5, top_k=3, verify_jaccard=True,
+    rank_by=["quality", "recency", "length"], rows_per_chunk=150, max_doc_chars=20_000, reuse_signatures_from="",
 )  # fmt: skip
 
 
@@ -88,7 +89,7 @@ def test_recency_then_length_order_the_variants(spark, tmp_path):
         {"id": "newest", "text": base + " tail words", "url": "https://d.example/1", "snapshot": "CC-MAIN-2024-42"},
     ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    params = DedupParams(**{**PARAMS.__dict__, "top_k": 2})
+    params = PARAMS.model_copy(update={"top_k": 2})
     run_dedup(spark, source, str(tmp_path / "out"), params)
     ranks = {row["id"]: (row["cluster_rank"], row["kept"]) for row in read_data(tmp_path / "out")}
     # Exact copy "old" of "new-short" ranks after every distinct variant and is never kept.

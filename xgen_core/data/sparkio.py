@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 
 def hadoop_fs(spark: SparkSession, uri: str):
@@ -55,3 +56,17 @@ def rename_parts(spark: SparkSession, uri: str) -> None:
             if file_path.toString() != target.toString():
                 fs.rename(file_path, target)
 
+
+def placement_keys(spark: SparkSession, n_partitions: int) -> list[int]:
+    """keys[i] is a number that Spark's hash partitioning sends to partition i of n_partitions.
+
+    Repartitioning rows of group i by keys[i] gives every group a task of its own (hashing i itself would put two
+    groups in one task and none in another).
+    """
+    candidates = spark.range(64 * n_partitions).select(
+        F.col("id").alias("key"), F.expr(f"pmod(hash(id), {n_partitions})").alias("partition")
+    )
+    first = dict(candidates.groupBy("partition").agg(F.min("key").alias("key")).collect())
+    if len(first) < n_partitions:
+        raise RuntimeError(f"no hash key found for {n_partitions - len(first)} of {n_partitions} partitions")
+    return [int(first[i]) for i in range(n_partitions)]

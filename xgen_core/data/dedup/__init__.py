@@ -1,0 +1,105 @@
+"""Exact + fuzzy deduplication that annotates instead of dropping (paper section 2.2).
+
+One module per step; `run_dedup` below chains them (nothing but small counts reaches the driver, and the texts
+never enter the JVM):
+  documents   Python tasks read the input chunks, quarantine bad rows and hash each text (exact key = graph node)
+  signatures  MinHash per distinct text, vectorised per batch; reused from a previous run for unchanged snapshots
+  candidates  LSH band buckets -> candidate pairs inside each bucket -> MinHash-estimated Jaccard check
+  components  connected components of the checked pairs (large-star / small-star until every component is a star)
+  clusters    per cluster: size, snapshots, domains, first/last seen; top-k distinct variants kept, the rest flagged
+  write       Python tasks write each chunk's documents with their annotations (and its quarantined rows), in order
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from xgen_core.config import DedupConfig
+from xgen_core.data.dedup.candidates import candidate_edges, verified_edges
+from xgen_core.data.dedup.components import connected_components
+from xgen_core.data.dedup.documents import (
+    PER_DOCUMENT_SCHEMA, chunk_frame, parquet_inputs, scan_chunks, unified_schema,
+)  # fmt: skip
+from xgen_core.data.dedup.signatures import reusable_snapshots, signatures_of, store_signatures
+from xgen_core.data.dedup.write import output_schemas, write_documents
+from xgen_core.storage import join, normalize_uri, store_for
+
+
+def run_dedup(
+    spark: SparkSession,
+    input_uri: str | list[str],
+    output_uri: str,
+    params: DedupConfig,
+    previous: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
+
+    `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
+    The texts are read twice by Python tasks, never shipped through Spark: once to check and hash them, once to
+    write them out with their annotations.
+    """
+    started = time.perf_counter()
+
+    def done(step: str) -> None:
+        log(f"dedup: {step} ({time.perf_counter() - started:.1f} s)")
+
+    scratch = join(output_uri, "_input")
+    chunks, input_schema = unified_schema(parquet_inputs(spark, input_uri, scratch), params.rows_per_chunk)
+    descriptors = chunk_frame(spark, chunks)
+
+    reused: list[str] = []
+    if previous:
+        nodes = descriptors.mapInArrow(scan_chunks(params, frozenset(), False), PER_DOCUMENT_SCHEMA)
+        reused = reusable_snapshots(spark, nodes.filter(F.col("quarantine_reason").isNull()), params, previous)
+    scan = scan_chunks(params, frozenset(reused), True)
+    per_document = descriptors.mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
+    done("documents hashed")
+    hashable = per_document.filter(F.col("quarantine_reason").isNull())
+    # Fresh signatures from memory, reused ones from the previous output.
+    signatures = signatures_of(hashable, spark, previous, reused)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
+        stored = background.submit(store_signatures, signatures, hashable, output_uri, params)
+        edges = candidate_edges(signatures, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
+        if params.verify_jaccard:
+            # A text seen in several snapshots or chunks has one signature: keep one row per node.
+            edges = verified_edges(edges, signatures.select("node", "signature").dropDuplicates(["node"]), params)
+        roots = connected_components(edges, log)
+        done("connected components")
+        schemas = output_schemas(input_schema)
+        counts = write_documents(spark, per_document, roots, chunks, schemas, output_uri, params)
+        done("documents written")
+        stored.result()
+    done(f"signatures written (reused for {len(reused)} snapshot(s))")
+    store_for(output_uri).delete_prefix(normalize_uri(scratch))
+    counts["snapshots_reusing_signatures"] = len(reused)
+    return counts
+
+
+def cluster_size_histogram(spark: SparkSession, output_uri: str) -> list[tuple[int, int]]:
+    """(cluster size, number of clusters) pairs for the report."""
+    data = spark.read.parquet(f"{output_uri}/data").filter("cluster_rank = 1")
+    rows = data.groupBy("cluster_size").count().orderBy("cluster_size").collect()
+    return [(int(row.cluster_size), int(row["count"])) for row in rows]
+
+
+def documents_uri(uri: str) -> str:
+    """A committed stage artifact holds its documents under data/; anything else is read as given."""
+    from xgen_core.artifacts import is_committed
+
+    return join(uri, "data") if is_committed(uri) else uri
+
+
+def run(ctx) -> dict:
+    """The `dedup` stage: reads the ingest artifact (or --input), writes data/, quarantine/, signatures/."""
+    source = ctx.external_inputs or [documents_uri(ctx.inputs["ingest"])]
+    previous = ctx.cfg.dedup.reuse_signatures_from or None
+    counts = run_dedup(ctx.spark(), source, ctx.output, ctx.cfg.dedup, previous, ctx.log)
+    histogram = cluster_size_histogram(ctx.spark(), ctx.output)
+    return {"counts": counts, "metrics": {"cluster_size_histogram": histogram}}

@@ -1,0 +1,243 @@
+"""Step 1: read the input chunks, check every row, hash each text (its exact-duplicate key and its graph node).
+
+The texts stay in Python tasks: Spark only sees the slim per-document columns produced here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from xgen_core.config import DedupConfig
+from xgen_core.data.dedup.signatures import signatures_by_node
+from xgen_core.data.doc_chunks import Chunk, data_files, input_format, plan_chunks, read_chunk
+from xgen_core.data.sparkio import rename_parts
+from xgen_core.errors import XgenError
+
+BINARY_SHARE_LIMIT = 0.05
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def parquet_inputs(spark: SparkSession, input_uri: str | list[str], scratch_uri: str) -> list[str]:
+    """The input's Parquet files; JSONL inputs are first converted by Spark (schema inference, malformed lines
+    kept as rows without id), into scratch_uri."""
+    uris = [input_uri] if isinstance(input_uri, str) else list(input_uri)
+    files = data_files(uris)
+    if input_format(files, ", ".join(uris)) == "parquet":
+        return files
+    documents = spark.read.option("mode", "PERMISSIVE").json(files)
+    if "crawl_time" in documents.columns:
+        documents = documents.withColumn("crawl_time", F.col("crawl_time").cast("timestamp"))
+    documents.write.mode("overwrite").parquet(scratch_uri)
+    rename_parts(spark, scratch_uri)
+    return data_files([scratch_uri])
+
+
+def unified_schema(files: list[str], rows_per_chunk: int) -> tuple[list[Chunk], pa.Schema]:
+    try:
+        return plan_chunks(files, rows_per_chunk)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise XgenError(f"dedup input files disagree on their columns: {error}") from None
+
+
+def normalised_documents(table: pa.Table) -> pa.Table:
+    """Map the accepted input shapes (sample JSONL, ingest Parquet) onto one schema, other columns kept.
+
+    Ingest names the key `doc_id`; plain inputs may lack domain, crawl time or a quality column.
+    """
+    if "id" not in table.column_names and "doc_id" in table.column_names:
+        table = table.rename_columns(["id" if name == "doc_id" else name for name in table.column_names])
+    missing = {"id", "text"} - set(table.column_names)
+    if missing:
+        raise XgenError(f"dedup input lacks column(s) {sorted(missing)}; found {sorted(table.column_names)}")
+    url = optional_column(table, "url", pa.string())
+    derived = {
+        "id": table.column("id").cast(pa.string()),
+        "text": table.column("text").cast(pa.string()),
+        "url": url,
+        "snapshot": pc.fill_null(optional_column(table, "snapshot", pa.string()), "unknown"),
+        "crawl_time": crawl_time_column(table),
+        "quality": quality_column(table),
+        "domain": table.column("domain").cast(pa.string()) if "domain" in table.column_names else domain_column(url),
+    }
+    for name, column in derived.items():
+        table = with_column(table, name, column)
+    return table
+
+
+def with_column(table: pa.Table, name: str, column) -> pa.Table:
+    """table with column `name` replaced, or appended when it has none."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
+def optional_column(table: pa.Table, name: str, type_: pa.DataType):
+    return table.column(name).cast(type_) if name in table.column_names else pa.nulls(len(table), type_)
+
+
+def crawl_time_column(table: pa.Table):
+    if "crawl_time" not in table.column_names:
+        return pa.nulls(len(table), TIMESTAMP)
+    column = table.column("crawl_time")
+    try:
+        return pc.cast(column, TIMESTAMP, safe=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise XgenError(f"dedup input column crawl_time ({column.type}) does not read as a timestamp: {error}") from None
+
+
+def quality_column(table: pa.Table):
+    """The quality score used to rank variants: an explicit `quality` column, else ingest's language score."""
+    for name in ("quality", "language_score"):
+        if name in table.column_names:
+            return table.column(name).cast(pa.float64())
+    return pa.nulls(len(table), pa.float64())
+
+
+def domain_column(urls) -> pa.Array:
+    return pa.array([url_host(url) for url in urls.to_pylist()], pa.string())
+
+
+def url_host(url: str | None) -> str | None:
+    """Lower-cased host of the URL without a leading www. (None when the URL has no host)."""
+    if not url:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host[4:] if host.startswith("www.") else host
+
+
+BINARY_CODEPOINTS = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xFFFD]
+BINARY_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in BINARY_CODEPOINTS) + "]")
+WITHOUT_BINARY = str.maketrans("", "", "".join(map(chr, BINARY_CODEPOINTS)))
+
+
+def binary_share(text: str) -> float:
+    """Share of characters that text does not contain: C0 controls (bar tab and newlines), DEL and U+FFFD."""
+    if not BINARY_RE.search(text):  # cheap test first: clean text is the common case
+        return 0.0
+    return (len(text) - len(text.translate(WITHOUT_BINARY))) / max(len(text), 1)
+
+
+def row_problem(doc_id: str | None, text: str | None, max_doc_chars: int) -> str | None:
+    """The quarantine reason visible in the row alone: no id or text, blank, oversized, binary; None if fine."""
+    if not doc_id:
+        return "missing_id"
+    if text is None:
+        return "missing_text"
+    if not text.strip():
+        return "empty"
+    if len(text) > max_doc_chars:
+        return "too_long"
+    if binary_share(text) > BINARY_SHARE_LIMIT:
+        return "binary_looking"
+    return None
+
+
+def content_hash(text: str | None) -> str | None:
+    """Hex SHA-1 of the UTF-8 text: the exact-duplicate key."""
+    return None if text is None else hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def content_node(digest: str | None) -> int | None:
+    """The graph vertex of a text: a 60-bit integer taken from its content hash."""
+    return None if digest is None else int(digest[:15], 16)
+
+
+PER_DOCUMENT_SCHEMA = T.StructType(
+    [
+        T.StructField("chunk", T.IntegerType()),
+        T.StructField("row", T.IntegerType()),
+        T.StructField("id", T.StringType()),
+        T.StructField("node", T.LongType()),
+        T.StructField("snapshot", T.StringType()),
+        T.StructField("url", T.StringType()),
+        T.StructField("domain", T.StringType()),
+        T.StructField("crawl_time", T.TimestampType()),
+        T.StructField("quality", T.DoubleType()),
+        T.StructField("length", T.IntegerType()),
+        T.StructField("quarantine_reason", T.StringType()),
+        T.StructField("signature", T.BinaryType()),
+        T.StructField("has_shingles", T.BooleanType()),
+    ]
+)
+CHUNK_SCHEMA = "chunk int, uri string, row_start long, row_count long"
+SCAN_BATCH_ROWS = 8192
+
+
+def chunk_frame(spark: SparkSession, chunks: list[Chunk]) -> DataFrame:
+    """One row and one partition per chunk: each task reads its own documents."""
+    rows = [(c.index, c.uri, c.row_start, c.row_count) for c in chunks]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), CHUNK_SCHEMA)
+
+
+def chunk_of(row: dict) -> Chunk:
+    return Chunk(row["chunk"], row["uri"], row["row_start"], row["row_count"])
+
+
+def scan_chunks(params: DedupConfig, skip_snapshots: frozenset[str], with_signatures: bool):
+    """mapInArrow over chunk descriptors: every document's slim columns and quarantine reason, and a signature on
+    the first row of each distinct (snapshot, text) of the chunk (others carry nulls) unless its snapshot is skipped."""
+
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield from scan_chunk(chunk_of(row), params, skip_snapshots, with_signatures)
+
+    return compute
+
+
+def scan_chunk(chunk: Chunk, params: DedupConfig, skip_snapshots: frozenset[str], with_signatures: bool):
+    docs = normalised_documents(read_chunk(chunk))
+    ids, texts = docs.column("id").to_pylist(), docs.column("text").to_pylist()
+    snapshots = docs.column("snapshot").to_pylist()
+    reasons = [row_problem(doc_id, text, params.max_doc_chars) for doc_id, text in zip(ids, texts)]
+    nodes = [content_node(content_hash(text)) for text in texts]
+    signature_column: list = [None] * len(docs)
+    shingles_column: list = [None] * len(docs)
+    if with_signatures:
+        first_row_of_key = {}
+        for row, key in enumerate(zip(snapshots, nodes)):
+            if reasons[row] is None and key[0] not in skip_snapshots:
+                first_row_of_key.setdefault(key, row)
+        signature_of = signatures_by_node(texts, first_row_of_key, params)
+        for (_, node), row in first_row_of_key.items():
+            signature_column[row], shingles_column[row] = signature_of[node]
+    columns = {
+        "chunk": pa.array(np.full(len(docs), chunk.index, np.int32)),
+        "row": pa.array(np.arange(len(docs), dtype=np.int32)),
+        "id": docs.column("id"),
+        "node": pa.array(nodes, pa.int64()),
+        "snapshot": docs.column("snapshot"),
+        "url": docs.column("url"),
+        "domain": docs.column("domain"),
+        "crawl_time": docs.column("crawl_time"),
+        "quality": docs.column("quality"),
+        "length": pa.array([None if t is None else len(t) for t in texts], pa.int32()),
+        "quarantine_reason": pa.array(reasons, pa.string()),
+        "signature": pa.array(signature_column, pa.binary()),
+        "has_shingles": pa.array(shingles_column, pa.bool_()),
+    }
+    yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+
+
+def rank_repeated_ids(slim: DataFrame) -> DataFrame:
+    """Add id_rank: 1 for the row that keeps its id, 2, 3, ... for later rows repeating it.
+
+    The smallest (node, snapshot, url) keeps the id, then input order, so the choice is deterministic.
+    """
+    order = ["node", "snapshot", "url", "chunk", "row"]
+    return slim.withColumn("id_rank", F.row_number().over(Window.partitionBy("id").orderBy(*order)))

@@ -1,0 +1,113 @@
+"""Step 2: MinHash signatures, one per distinct text, stored per snapshot and reused by the next refresh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from xgen_core.config import DedupConfig
+from xgen_core.data import minhash
+from xgen_core.data.sparkio import rename_parts, write_deterministic_parquet
+
+# Bump when the shingling or signature layout changes: stored signatures from another version are not reused.
+SIGNATURE_VERSION = 1
+# Distinct texts hashed per numpy call (the same batch size the scan uses for its Arrow batches).
+SIGNATURE_BATCH = 8192
+
+
+def signature_key(params: DedupConfig) -> str:
+    """What stored signatures depend on besides the texts: the version and the MinHash settings."""
+    return f"v{SIGNATURE_VERSION}-n{params.ngram}-p{params.num_perm}-s{params.seed}"
+
+
+def signatures_by_node(texts: list, first_row_of_key: dict, params: DedupConfig) -> dict:
+    """node -> (signature bytes, has_shingles): one MinHash per distinct text, however many snapshots hold it."""
+    first_row_of_text: dict = {}
+    for (_, node), row in first_row_of_key.items():
+        first_row_of_text.setdefault(node, row)
+    distinct = list(first_row_of_text.items())
+    signature_of = {}
+    for start in range(0, len(distinct), SIGNATURE_BATCH):
+        part = distinct[start : start + SIGNATURE_BATCH]
+        sigs, has_shingles = minhash.signatures([texts[row] for _, row in part], params.ngram, params.num_perm, params.seed)
+        for index, (node, _) in enumerate(part):
+            signature_of[node] = (sigs[index].tobytes(), bool(has_shingles[index]))
+    return signature_of
+
+
+SIGNATURE_SCHEMA = T.StructType(
+    [
+        T.StructField("snapshot", T.StringType()),
+        T.StructField("node", T.LongType()),
+        T.StructField("signature", T.BinaryType()),
+        T.StructField("has_shingles", T.BooleanType()),
+    ]
+)
+
+
+def fixed_width_binary(rows: np.ndarray) -> pa.Array:
+    """An Arrow binary array with one value per row of a 2-D array, built without a Python loop."""
+    data = np.ascontiguousarray(rows)
+    width = data.shape[1] * data.itemsize
+    offsets = np.arange(len(data) + 1, dtype=np.int32) * width
+    return pa.Array.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
+
+
+def signature_matrix(column: pa.Array, num_perm: int) -> np.ndarray:
+    """Inverse of fixed_width_binary: uint32[n, num_perm] from a binary column of signatures."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    data = column.buffers()[2]
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    flat = np.frombuffer(data, dtype=np.uint32, count=(offsets[-1] - offsets[0]) // 4, offset=int(offsets[0]))
+    return flat.reshape(len(column), num_perm)
+
+
+def snapshot_fingerprints(docs: DataFrame, params: DedupConfig) -> DataFrame:
+    """Per snapshot: what its signatures depend on (the set of distinct texts and the MinHash settings).
+
+    Order-independent sums of two 64-bit hashes over the distinct content nodes, as exact decimals.
+    """
+    distinct = docs.select("snapshot", "node").distinct()
+    return distinct.groupBy("snapshot").agg(
+        F.count("*").alias("n_texts"),
+        F.sum(F.xxhash64("node").cast("decimal(38,0)")).cast("string").alias("digest_a"),
+        F.sum(F.hash("node").cast("decimal(38,0)")).cast("string").alias("digest_b"),
+        F.lit(signature_key(params)).alias("signature_key"),
+    )
+
+
+def reusable_snapshots(spark: SparkSession, docs: DataFrame, params: DedupConfig, previous: str | None) -> list[str]:
+    """Snapshots whose distinct texts (and MinHash settings) equal those the previous dedup output hashed."""
+    if not previous:
+        return []
+    fingerprints = snapshot_fingerprints(docs, params)
+    old_fingerprints = spark.read.parquet(f"{previous}/signature_index")
+    same = fingerprints.join(old_fingerprints, ["snapshot", "n_texts", "digest_a", "digest_b", "signature_key"])
+    return sorted(row.snapshot for row in same.select("snapshot").collect())
+
+
+def signatures_of(per_document: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
+    fresh = per_document.filter(F.col("signature").isNotNull()).select(*SIGNATURE_SCHEMA.names)
+    if not reused:
+        return fresh
+    old = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{previous}/signatures").filter(F.col("snapshot").isin(reused))
+    return fresh.unionByName(old)
+
+
+def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
+    """One file per snapshot directory, one row per distinct text of that snapshot, sorted by node."""
+    by_snapshot = signatures.repartition(n_files, "snapshot").dropDuplicates(["snapshot", "node"])
+    # Signatures are random bytes: dictionary encoding would only spend time discovering that.
+    writer = by_snapshot.sortWithinPartitions("snapshot", "node").write.option("parquet.enable.dictionary", "false")
+    writer.mode("overwrite").partitionBy("snapshot").parquet(uri)
+    rename_parts(signatures.sparkSession, uri)
+
+
+def store_signatures(signatures: DataFrame, hashable: DataFrame, output_uri: str, params: DedupConfig) -> None:
+    """signatures/ per snapshot, for the next refresh, and signature_index/ telling which snapshot they cover."""
+    write_signatures(signatures, f"{output_uri}/signatures", signatures.sparkSession.sparkContext.defaultParallelism)
+    # The distinct (snapshot, text) pairs of the documents are those the signatures hold, reused or not.
+    write_deterministic_parquet(snapshot_fingerprints(hashable, params), f"{output_uri}/signature_index", 1, ["snapshot"])
