@@ -4,6 +4,9 @@ Ground-truth clusters hold a base document and variants whose word-5-gram Jaccar
 `min_jaccard`: exact copies, light edits (a few words replaced, inserted or deleted) and boilerplate-wrapped copies
 (navigation / cookie text before and after). Hard negatives share about a third of a base document (a contiguous
 run) and are otherwise new text: each is its own cluster and must never be merged.
+
+`generate_histories` builds the other shape real pages take: edit histories, where each version is a light edit of
+an earlier one (a chain, or a tree of branches) and the far ends share too little to pass the threshold directly.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ class NearDupDoc:
 
 
 def jaccard(left: str, right: str, ngram: int = 5) -> float:
-    a, b = set(word_shingles(left, ngram)), set(word_shingles(right, ngram))
+    return shingle_jaccard(set(word_shingles(left, ngram)), set(word_shingles(right, ngram)))
+
+
+def shingle_jaccard(a: set, b: set) -> float:
     return len(a & b) / max(1, len(a | b))
 
 
@@ -71,6 +77,24 @@ class _Writer:
                 words[position] = self.words(1)[0]
             elif action == 1:
                 words.insert(position, self.words(1)[0])
+            elif len(words) > 10:
+                del words[position]
+        return " ".join(words)
+
+    def revision(self, text: str, edit_share: float) -> str:
+        """text with about edit_share of its words replaced, inserted or deleted (at least one), the new words
+        drawn at once (light_edit draws one at a time, which the star-shaped set's seeds depend on)."""
+        words = text.split()
+        n_edits = max(1, int(round(len(words) * edit_share)))
+        fresh = self.words(n_edits)
+        positions = self.rng.integers(0, len(words), n_edits)
+        actions = self.rng.integers(0, 3, n_edits)
+        for position, action, word in zip(positions, actions, fresh):
+            position = min(int(position), len(words) - 1)
+            if action == 0:
+                words[position] = word
+            elif action == 1:
+                words.insert(position, word)
             elif len(words) > 10:
                 del words[position]
         return " ".join(words)
@@ -132,6 +156,60 @@ def variant(writer: _Writer, base: str, kind: str, min_jaccard: float) -> str:
         if jaccard(base, text) >= min_jaccard:
             return text
     return base
+
+
+def generate_histories(
+    n_docs: int,
+    seed: int = 0,
+    shape: str = "chain",
+    edit_share: float = 0.03,
+    threshold: float = 0.5,
+    singleton_share: float = 0.3,
+    vocab_size: int = 20000,
+) -> list[NearDupDoc]:
+    """Exactly n_docs labelled documents in edit histories (each history one true cluster) and singletons.
+
+    Every new version is a light edit (`edit_share` of its words) of its parent: the previous version in a "chain",
+    one of the three latest versions in a "tree". A history grows until some version's Jaccard similarity to the
+    first falls below `threshold`, then by one to three times as many versions again (a page recrawled for years),
+    so its far ends never pass the check directly and only the links between neighbours hold it together.
+    """
+    if shape not in ("chain", "tree"):
+        raise ValueError(f"shape must be 'chain' or 'tree', not {shape!r}")
+    writer = _Writer(seed, vocab_size)
+    rng = writer.rng
+    docs: list[NearDupDoc] = []
+    history_index = 0
+    while len(docs) < n_docs:
+        cluster = f"h{history_index:07d}"
+        history_index += 1
+        versions = [writer.document()]
+        if rng.random() >= singleton_share:
+            versions = edit_history(writer, versions[0], shape, edit_share, threshold)
+        for version, text in enumerate(versions[: n_docs - len(docs)]):
+            index = len(docs)
+            domain = f"site{int(rng.integers(0, 5000))}.example"
+            snapshot = SNAPSHOTS[min(version * len(SNAPSHOTS) // len(versions), len(SNAPSHOTS) - 1)]
+            kind = "base" if version == 0 else "revision"
+            docs.append(NearDupDoc(f"doc-{index:07d}", text, f"https://{domain}/page/{index}", snapshot, cluster, kind))
+    return docs
+
+
+def edit_history(writer: _Writer, base: str, shape: str, edit_share: float, threshold: float) -> list[str]:
+    """base and its successive versions (see generate_histories)."""
+    versions = [base]
+    base_shingles = set(word_shingles(base, 5))
+    while shingle_jaccard(base_shingles, set(word_shingles(versions[-1], 5))) >= threshold:
+        versions.append(writer.revision(next_parent(writer, versions, shape), edit_share))
+    for _ in range(int(writer.rng.integers(len(versions), 4 * len(versions)))):
+        versions.append(writer.revision(next_parent(writer, versions, shape), edit_share))
+    return versions
+
+
+def next_parent(writer: _Writer, versions: list[str], shape: str) -> str:
+    if shape == "chain":
+        return versions[-1]
+    return versions[-1 - int(writer.rng.integers(0, min(3, len(versions))))]
 
 
 def true_pairs_f1(predicted: dict[str, str], truth: dict[str, str]) -> dict[str, float]:

@@ -17,6 +17,8 @@ from xgen_core.data.sparkio import placement_keys
 
 BLOCK_SCHEMA = T.StructType([T.StructField("partition_key", T.LongType()), T.StructField("pairs", T.BinaryType())])
 EDGE_SCHEMA = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
+# Members before each bucket member (in node order) it is paired with.
+BUCKET_NEIGHBOURS = 3
 
 
 def band_blocks(params: DedupConfig, partition_keys: list[int]):
@@ -47,40 +49,60 @@ def band_blocks(params: DedupConfig, partition_keys: list[int]):
     return compute
 
 
-def bucket_star_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow over a partition's blocks, which hold whole buckets: star edges from each shared bucket's members
-    to its minimum (one numpy sort of the partition's pairs)."""
+def bucket_neighbour_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow over a partition's blocks, which hold whole buckets: each bucket's candidate pairs (one numpy sort
+    of the partition's (band_key, node) pairs)."""
     blocks = [block for batch in batches for block in batch.column("pairs").to_pylist()]
     if not blocks:
         return
     pairs = np.frombuffer(b"".join(blocks), dtype=np.int64).reshape(-1, 2)
-    key, node = pairs[:, 0], pairs[:, 1]
-    order = np.lexsort((node, key))
-    node, key = node[order], key[order]
-    first_of_bucket = np.r_[True, key[1:] != key[:-1]]
-    bucket_min = node[first_of_bucket][np.cumsum(first_of_bucket) - 1]
-    member = node != bucket_min
-    src, dst = node[member], bucket_min[member]
-    if len(src):
-        order = np.lexsort((dst, src))
-        src, dst = src[order], dst[order]
-        fresh = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])]
-        src, dst = src[fresh], dst[fresh]
+    src, dst = bucket_neighbour_pairs(pairs[:, 0], pairs[:, 1])
     yield pa.RecordBatch.from_arrays([pa.array(src, pa.int64()), pa.array(dst, pa.int64())], names=["src", "dst"])
 
 
-def candidate_edges(signatures: DataFrame, params: DedupConfig, partitions: int) -> DataFrame:
-    """Edges (src, dst), src > dst: every member of an LSH bucket linked to the bucket's smallest node.
+def bucket_neighbour_pairs(key: np.ndarray, node: np.ndarray, neighbours: int = BUCKET_NEIGHBOURS):
+    """Distinct (src, dst), src > dst: each member of a bucket (the nodes sharing a key) paired with the
+    `neighbours` members before it in node order.
 
-    A star per bucket keeps the edge count linear in bucket size (a bucket of 10,000 exact copies would give 50M
-    pairs) while leaving the components unchanged. A text stored for several snapshots lands in the same buckets
-    several times, and a pair sharing several bands gives the same edge in several partitions: the final distinct
-    absorbs both.
+    Pairing with the bucket's smallest node alone loses true pairs once the check drops edges: in an edit history a
+    version resembles its neighbours, not necessarily the bucket minimum. A few neighbours per member keep the count
+    linear in bucket size (a bucket of 10,000 near copies would give 50M pairs) and, on generated edit chains and
+    trees, connect what checking all pairs in each bucket connects.
+    """
+    order = np.lexsort((node, key))
+    key, node = key[order], node[order]
+    # A text stored for several snapshots appears once per snapshot in its buckets: one member each.
+    fresh = first_of_runs(key, node)
+    key, node = key[fresh], node[fresh]
+    src = [node[distance:][key[distance:] == key[:-distance]] for distance in range(1, neighbours + 1)]
+    dst = [node[:-distance][key[distance:] == key[:-distance]] for distance in range(1, neighbours + 1)]
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    # A pair sharing several bands comes from several buckets.
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    fresh = first_of_runs(src, dst)
+    return src[fresh], dst[fresh]
+
+
+def first_of_runs(*sorted_columns: np.ndarray) -> np.ndarray:
+    """Mask of the rows where any column differs from the previous row (the first row always)."""
+    n = len(sorted_columns[0])
+    mask = np.zeros(n, dtype=bool)
+    mask[:1] = True
+    for column in sorted_columns:
+        mask[1:] |= column[1:] != column[:-1]
+    return mask
+
+
+def candidate_edges(signatures: DataFrame, params: DedupConfig, partitions: int) -> DataFrame:
+    """Edges (src, dst), src > dst: every member of an LSH bucket paired with its neighbours in the bucket.
+
+    A pair sharing several bands gives the same edge in several partitions: the final distinct absorbs it.
     """
     keys = placement_keys(signatures.sparkSession, partitions)
     blocks = signatures.filter("has_shingles").select("node", "signature").mapInArrow(band_blocks(params, keys), BLOCK_SCHEMA)
     by_bucket = blocks.repartition(partitions, "partition_key")
-    return by_bucket.mapInArrow(bucket_star_batches, EDGE_SCHEMA).distinct()
+    return by_bucket.mapInArrow(bucket_neighbour_batches, EDGE_SCHEMA).distinct()
 
 
 def verify_batches(params: DedupConfig):
