@@ -51,7 +51,7 @@ def disjoint_union(graphs: list[list[tuple[int, int]]], stride: int = 1000) -> l
 
 
 def bucket_graph(rng: random.Random) -> list[tuple[int, int]]:
-    """Edges from each member of a few random buckets to the bucket's smallest node (as LSH candidates give)."""
+    """Edges from each member of a few random buckets to the bucket's smallest node (a star per bucket)."""
     n = rng.randint(4, 12)
     edges = set()
     for _ in range(rng.randint(1, 6)):
