@@ -35,7 +35,7 @@ class NearDupDoc:
     url: str
     snapshot: str
     true_cluster: str
-    kind: str  # base | exact | edit | wrap | negative
+    kind: str  # base | exact | edit | wrap | negative (generate); base | revision (generate_histories)
 
 
 def jaccard(left: str, right: str, ngram: int = 5) -> float:
