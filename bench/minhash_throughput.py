@@ -91,7 +91,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from xgen_core.data.neardup_set import generate
 
-    path = Path(args.workdir) / f"throughput-{args.docs}.parquet"
+    path = Path(args.workdir) / f"neardup-{args.docs}-0.parquet"  # the input bench/dedup.py writes, if it ran
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"text": [doc.text for doc in generate(args.docs, seed=0)]}), path)
