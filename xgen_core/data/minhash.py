@@ -212,9 +212,9 @@ def _shingle_hashes_of_pass(encoded: list[bytes], ngram: int) -> tuple[np.ndarra
     """uint64 shingle hashes of the documents of one pass, concatenated, and the shingle count of each document."""
     # One space before every document: words never run across documents, and each word has a byte before it.
     buffer = np.frombuffer(b" " + b" ".join(encoded) + b" ", dtype=np.uint8)
-    doc_starts = np.cumsum([0] + [len(document) + 1 for document in encoded[:-1]])
+    doc_bounds = np.cumsum([0] + [len(document) + 1 for document in encoded])
     starts, ends = _word_bounds(buffer)
-    words_per_doc = np.bincount(np.searchsorted(doc_starts, starts, side="right") - 1, minlength=len(encoded))
+    words_per_doc = np.diff(np.searchsorted(starts, doc_bounds))
     word_hashes = _word_hashes(buffer, starts, ends)
     return _combine_words(word_hashes, words_per_doc, ngram)
 
@@ -242,20 +242,23 @@ def _mark_unicode_spaces(buffer: np.ndarray, space: np.ndarray) -> None:
 def _word_hashes(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """fmix64 of each word's polynomial hash sum((byte + 1) * B**k), k its offset in the word, mod 2**64.
 
-    With prefix sums S of (byte + 1) * B**i over the buffer, a word's hash is (S[end] - S[start]) * B**-start.
+    With prefix sums S of byte * B**i over the buffer and G of B**i, a word's hash is
+    ((S[end] - S[start]) + (G[end] - G[start])) * B**-start. Word starts are >= 1 (the buffer opens with a space),
+    so the inclusive prefix sums are read one byte early.
     """
-    powers, inverse_powers = _power_tables(len(buffer) + 1)
-    terms = (buffer.astype(np.uint64) + np.uint64(1)) * powers[: len(buffer)]
-    prefix = np.zeros(len(buffer) + 1, dtype=np.uint64)
-    np.cumsum(terms, out=prefix[1:])
-    return fmix64((prefix[ends] - prefix[starts]) * inverse_powers[starts])
+    powers, inverse_powers, power_sums = _power_tables(len(buffer))
+    prefix = np.multiply(buffer, powers[: len(buffer)], dtype=np.uint64)
+    np.cumsum(prefix, out=prefix)
+    before, last = starts - 1, ends - 1
+    polynomial = (prefix[last] - prefix[before]) + (power_sums[last] - power_sums[before])
+    return fmix64(polynomial * inverse_powers[starts])
 
 
 _power_cache: list[np.ndarray] = []
 
 
-def _power_tables(length: int) -> tuple[np.ndarray, np.ndarray]:
-    """B**i and B**-i mod 2**64 for i < length (cached, grown on demand)."""
+def _power_tables(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """B**i, B**-i and sum(B**j for j <= i), mod 2**64, for i < length (cached, grown on demand)."""
     if not _power_cache or len(_power_cache[0]) < length:
         size = max(length, _BYTES_PER_PASS + 2)
         tables = []
@@ -263,8 +266,9 @@ def _power_tables(length: int) -> tuple[np.ndarray, np.ndarray]:
             table = np.full(size, base, dtype=np.uint64)
             table[0] = 1
             tables.append(np.multiply.accumulate(table))  # wraps mod 2**64
+        tables.append(np.cumsum(tables[0]))
         _power_cache[:] = tables
-    return _power_cache[0], _power_cache[1]
+    return _power_cache[0], _power_cache[1], _power_cache[2]
 
 
 def _combine_words(word_hashes: np.ndarray, words_per_doc: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,6 +285,12 @@ def _combine_words(word_hashes: np.ndarray, words_per_doc: np.ndarray, ngram: in
     padded = np.concatenate([word_hashes, np.zeros(ngram, dtype=np.uint64)])
     combined = np.zeros(len(start), dtype=np.uint64)
     for k in range(ngram):
-        inside = k < length
-        combined = np.where(inside, combined * np.uint64(_WORD_BASE) + padded[start + k], combined)
+        combined *= np.uint64(_WORD_BASE)
+        combined += padded[start + k]
+    short = np.flatnonzero(length < ngram)  # documents shorter than ngram words: a shorter polynomial
+    if len(short):
+        combined[short] = 0
+        for k in range(ngram):
+            inside = k < length[short]
+            combined[short] = np.where(inside, combined[short] * np.uint64(_WORD_BASE) + padded[start[short] + k], combined[short])
     return fmix64(combined ^ np.uint64(_SHINGLE_SALT)), shingles_per_doc
