@@ -169,7 +169,7 @@ _BYTE_BASE = 0x100000001B3  # odd, so it has an inverse mod 2**64
 _BYTE_BASE_INVERSE = pow(_BYTE_BASE, -1, 1 << 64)
 _WORD_BASE = 0x9E3779B97F4A7C15  # odd; combines the word hashes of a shingle in order
 _SHINGLE_SALT = 0x2545F4914F6CDD1D
-# Bytes hashed per numpy pass: the uint64 per-byte arrays stay at a few tens of MiB whatever the batch size.
+# Bytes hashed per numpy pass: the uint64 per-byte arrays stay at a few MiB whatever the batch size.
 _BYTES_PER_PASS = 1 << 20
 # ASCII whitespace as str.split sees it: \t \n \v \f \r, the information separators \x1c-\x1f, space.
 _ASCII_SPACE = np.zeros(256, dtype=bool)
