@@ -169,6 +169,11 @@ def test_fast_estimated_jaccard_tracks_true_jaccard_on_generated_pairs():
     assert np.abs(errors).max() < 0.12  # ~4 binomial standard deviations at 256 permutations
 
 
+def test_fast_scheme_on_an_empty_batch():
+    sigs, has_shingles = signatures([], 5, 8, 1, scheme="fast")
+    assert sigs.shape == (0, 8) and has_shingles.shape == (0,)
+
+
 def test_unknown_scheme_is_a_clear_error():
     with pytest.raises(ValueError, match="hash scheme"):
         signatures(["text"], 5, 8, 1, scheme="sha256")

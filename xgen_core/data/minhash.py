@@ -289,8 +289,9 @@ def _combine_words(word_hashes: np.ndarray, words_per_doc: np.ndarray, ngram: in
         combined += padded[start + k]
     short = np.flatnonzero(length < ngram)  # documents shorter than ngram words: a shorter polynomial
     if len(short):
-        combined[short] = 0
+        short_combined = np.zeros(len(short), dtype=np.uint64)
         for k in range(ngram):
             inside = k < length[short]
-            combined[short] = np.where(inside, combined[short] * np.uint64(_WORD_BASE) + padded[start[short] + k], combined[short])
+            short_combined = np.where(inside, short_combined * np.uint64(_WORD_BASE) + padded[start[short] + k], short_combined)
+        combined[short] = short_combined
     return fmix64(combined ^ np.uint64(_SHINGLE_SALT)), shingles_per_doc
