@@ -2,10 +2,17 @@
 
 Generates a labelled near-duplicate set (xgen_core.data.neardup_set), then in the same run:
   1. baseline: datasketch MinHash.bulk + MinHashLSH (insert all, query each, union-find), one Python process;
-  2. the Spark dedup job (xgen_core.data.dedup.run_dedup) on local[CORES], session start-up included.
-Prints pairwise precision / recall / F1, hard negatives merged, documents lost, and docs/s for both.
+  2. the Spark dedup job (xgen_core.data.dedup.run_dedup) on local[CORES], session start-up included;
+  3. with --datatrove: datatrove 0.10.1's four-stage MinHash pipeline as a whole command in its own environment, on
+     the same shingles (whitespace words, lower-cased, 25 buckets x 5 hashes) and CORES workers;
+  4. with --rensa: the single-process floor, rensa 0.5.0 MinHash + its LSH + union-find, a whole command;
+  5. with --numpy-lsh: xgen_core.data.minhash's signatures in this process, each hash scheme, LSH bands and
+     components in numpy (all bucket members linked, and linked only to a sorted neighbour at estimated
+     Jaccard >= threshold): the quality of the fast hash scheme against the datasketch-compatible one.
+Prints pairwise precision / recall / F1, hard negatives merged, documents lost, docs/s, and every speed ratio.
+The separate environments: `bench/envs/setup.sh` (under .bench/envs/, ignored by git).
 
-    .venv/bin/python bench/dedup.py --docs 100000 --cores 2
+    .venv/bin/python bench/dedup.py --docs 100000 --cores 2 --datatrove --rensa --numpy-lsh
 
 Spark settings for a short local job (override with --conf): C1-only JIT and parallel GC with as many threads as
 cores (a fresh JVM otherwise spends tens of CPU-seconds in the C2 compiler), adaptive query execution off (its
@@ -19,14 +26,18 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+BENCH_ENVS = REPO / ".bench" / "envs"
+sys.path.insert(0, str(REPO))
 
 from xgen_core.data.neardup_set import generate, merged_hard_negatives, true_pairs_f1  # noqa: E402
 
@@ -145,6 +156,152 @@ def report(name: str, predicted: dict[str, str], docs, seconds: float) -> dict:
     return line
 
 
+def bench_env_python(name: str) -> Path:
+    python = BENCH_ENVS / name / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"no {name} bench environment at {python.parent.parent}: run bench/envs/setup.sh {name}")
+    return python
+
+
+def run_command(command: list, log: Path) -> float:
+    """Run a whole baseline command, its output to `log`; wall-clock seconds from start to exit (CPU seconds printed)."""
+    import psutil
+
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=subprocess.STDOUT)
+        cpu_of = tree_cpu_while_running(psutil.Process(process.pid), process)
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        raise SystemExit(f"{command[1]} failed (exit {process.returncode}); its log: {log}")
+    print(f"{Path(command[1]).stem} cpu seconds (its process tree, sampled every 0.2 s): {sum(cpu_of.values()):.1f}")
+    return seconds
+
+
+def tree_cpu_while_running(root, process: subprocess.Popen) -> dict:
+    """pid -> last seen user + system CPU seconds of every process in the tree, until the root exits.
+
+    Sampled, because pool workers started through a fork server are not children the root waits for (their CPU
+    never reaches RUSAGE_CHILDREN); a worker's last < 0.2 s can be missed.
+    """
+    import psutil
+
+    cpu_of: dict = {}
+    while process.poll() is None:
+        try:
+            members = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            members = []
+        for member in members:
+            try:
+                times = member.cpu_times()
+                cpu_of[member.pid] = times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.2)
+    return cpu_of
+
+
+def write_shards(path: Path, folder: Path, n_files: int) -> Path:
+    """The input as n_files Parquet files (datatrove gives one signature rank per file, not per row group)."""
+    marker = folder / "_complete"
+    if not marker.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        table = pq.read_table(path, columns=["id", "text"])
+        per_file = -(-table.num_rows // n_files)
+        for index in range(n_files):
+            pq.write_table(table.slice(index * per_file, per_file), folder / f"part-{index:05d}.parquet", row_group_size=4096)
+        marker.touch()
+    return folder
+
+
+def run_datatrove(path: Path, workdir: Path, cores: int, bands: int, rows: int, ngram: int) -> tuple[dict[str, str], float]:
+    """datatrove's MinHash dedup as a whole command; (cluster labels from its kept and removed documents, seconds)."""
+    python = bench_env_python("datatrove")
+    shards = write_shards(path, workdir / f"datatrove-input-{path.stem}-{cores}", cores)
+    work = workdir / "datatrove-work"
+    shutil.rmtree(work, ignore_errors=True)
+    command = [python, REPO / "bench/baselines/datatrove_minhash.py", shards, work, "--tasks", cores]
+    command += ["--buckets", bands, "--rows", rows, "--ngram", ngram, "--seed", 1]
+    seconds = run_command(command, workdir / "datatrove.log")
+    labels = {}
+    for part in ("kept", "removed"):
+        table = pq.read_table(work / part, columns=["id", "metadata"]).to_pydict()
+        for doc_id, metadata in zip(table["id"], table["metadata"]):
+            cluster = metadata["minhash_cluster_id"]
+            labels[doc_id] = doc_id if cluster == -1 else f"datatrove-{cluster}"
+    return labels, seconds
+
+
+def run_rensa(path: Path, workdir: Path, threshold: float, bands: int, rows: int, ngram: int) -> tuple[dict[str, str], float]:
+    """rensa MinHash + its LSH + union-find in one process, as a whole command; (cluster labels, seconds)."""
+    output = workdir / "rensa-labels.parquet"
+    command = [bench_env_python("rensa"), REPO / "bench/baselines/rensa_minhash.py", path, output]
+    command += ["--threshold", threshold, "--bands", bands, "--rows", rows, "--ngram", ngram, "--seed", 1]
+    seconds = run_command(command, workdir / "rensa.log")
+    table = pq.read_table(output).to_pydict()
+    return dict(zip(table["id"], table["cluster"])), seconds
+
+
+def run_numpy_lsh(path: Path, threshold: float, num_perm: int, ngram: int, scheme: str) -> dict[str, dict[str, str]]:
+    """Cluster labels from xgen_core's signatures (`scheme`) with LSH bands and components in numpy, in this process.
+
+    Two edge rules over the same buckets: "all" links every bucket member (what datasketch's LSH + union-find does);
+    "verified" sorts each band by key and links a member to its sorted neighbour in the same bucket only when their
+    estimated Jaccard reaches the threshold.
+    """
+    from xgen_core.data import minhash
+
+    table = pq.read_table(path, columns=["id", "text"])
+    ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+    start = time.perf_counter()
+    parts = [minhash.signatures(texts[i : i + 8192], ngram, num_perm, 1, scheme=scheme) for i in range(0, len(texts), 8192)]
+    sigs, has_shingles = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    print(f"numpy-lsh {scheme}: signatures of {len(texts)} documents in {time.perf_counter() - start:.2f} s")
+    bands, rows = minhash.lsh_params(threshold, num_perm)
+    nodes = np.flatnonzero(has_shingles)
+    keys = minhash.band_keys(sigs[nodes], bands, rows)
+    left, right = [], []
+    for band in range(bands):
+        order = np.argsort(keys[:, band], kind="stable")
+        same = keys[order[1:], band] == keys[order[:-1], band]
+        left.append(nodes[order[:-1][same]])
+        right.append(nodes[order[1:][same]])
+    left, right = np.concatenate(left), np.concatenate(right)
+    verified = minhash.estimated_jaccard(sigs[left], sigs[right]) >= threshold
+    return {
+        rule: dict(zip(ids, (ids[root] for root in component_roots(len(ids), left[keep], right[keep]))))
+        for rule, keep in (("all", np.ones(len(left), dtype=bool)), ("verified", verified))
+    }
+
+
+def component_roots(n_nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """One representative node per connected component of the edges (min-label hooking with pointer jumping)."""
+    root = np.arange(n_nodes)
+    while True:
+        low = np.minimum(root[left], root[right])
+        hooked = root.copy()
+        np.minimum.at(hooked, left, low)
+        np.minimum.at(hooked, right, low)
+        hooked = hooked[hooked]
+        if np.array_equal(hooked, root):
+            return root
+        root = hooked
+
+
+def print_ratios(results: list[dict]) -> None:
+    """Speed of the Spark job against every whole-command baseline of the run (docs/s ratio, > 1: Spark is faster).
+
+    The in-process numpy-lsh checks write nothing and are not whole commands: no ratio for them.
+    """
+    spark = [r for r in results if r["method"].startswith("spark")]
+    for ours in spark:
+        for other in results:
+            if other is not ours and not other["method"].startswith("numpy-lsh"):
+                print(f"speed-up {ours['method']} / {other['method']}: {ours['docs_per_s'] / other['docs_per_s']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=100_000)
@@ -155,6 +312,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=".bench/dedup")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-spark", action="store_true")
+    parser.add_argument("--datatrove", action="store_true", help="also run datatrove 0.10.1 (bench/envs/setup.sh datatrove)")
+    parser.add_argument("--rensa", action="store_true", help="also run the rensa 0.5.0 floor (bench/envs/setup.sh rensa)")
+    parser.add_argument("--numpy-lsh", action="store_true", help="also check both hash schemes in-process")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
     parser.add_argument(
         "--no-class-sharing", action="store_true", help="start the driver JVM without the class archive `make env` builds"
@@ -177,15 +338,32 @@ def main() -> None:
         print(f"baseline cpu seconds: {time.process_time() - cpu_start:.1f}")
         results.append(report("datasketch-single-process", labels, docs, time.perf_counter() - start))
 
-    output = workdir / "spark-out"
-    shutil.rmtree(output, ignore_errors=True)
-    start = time.perf_counter()
-    labels = run_spark(
-        input_path, output, args.cores, args.threshold, args.num_perm, args.ngram, args.conf, not args.no_class_sharing
-    )
-    results.append(report(f"spark-local[{args.cores}]", labels, docs, time.perf_counter() - start))
-    if len(results) == 2:
-        print(f"speed-up spark / datasketch: {results[1]['docs_per_s'] / results[0]['docs_per_s']:.2f}x")
+    from xgen_core.data.minhash import lsh_params
+
+    bands, rows = lsh_params(args.threshold, args.num_perm)
+    if args.datatrove:
+        labels, seconds = run_datatrove(input_path, workdir, args.cores, bands, rows, args.ngram)
+        results.append(report(f"datatrove-0.10.1-{args.cores}-workers", labels, docs, seconds))
+    if args.rensa:
+        labels, seconds = run_rensa(input_path, workdir, args.threshold, bands, rows, args.ngram)
+        results.append(report("rensa-0.5.0-single-process", labels, docs, seconds))
+    if args.numpy_lsh:
+        for scheme in ("fast", "datasketch"):
+            start = time.perf_counter()
+            by_rule = run_numpy_lsh(input_path, args.threshold, args.num_perm, args.ngram, scheme)
+            seconds = time.perf_counter() - start
+            for rule, labels in by_rule.items():
+                results.append(report(f"numpy-lsh-{scheme}-{rule}", labels, docs, seconds))
+
+    if not args.skip_spark:
+        output = workdir / "spark-out"
+        shutil.rmtree(output, ignore_errors=True)
+        start = time.perf_counter()
+        labels = run_spark(
+            input_path, output, args.cores, args.threshold, args.num_perm, args.ngram, args.conf, not args.no_class_sharing
+        )
+        results.append(report(f"spark-local[{args.cores}]", labels, docs, time.perf_counter() - start))
+    print_ratios(results)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class DedupConfig(Section):
     ngram: int
     num_perm: int
     seed: int
+    hash_scheme: Literal["fast", "datasketch"]
     threshold: float
     top_k: int
     verify_jaccard: bool

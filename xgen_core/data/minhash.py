@@ -1,10 +1,18 @@
-"""MinHash signatures computed over whole batches of documents with numpy.
+"""MinHash signatures computed over whole batches of documents with numpy, in one of two hash schemes.
 
-The signatures are bit-for-bit those of `datasketch.MinHash` (default "affine32" scheme, default seed handling):
-each shingle is hashed with datasketch's `sha1_hash32`, pre-mixed with the 32-bit MurmurHash3 finaliser and
-permuted with `a * h + b mod 2**32`, the permutation parameters drawn from `numpy.random.RandomState(seed)` in
-datasketch's order. Only the SHA-1 of each shingle is a Python-level call; the permutations and the per-document
-minimum run once per batch in numpy, which is what makes a Spark job over Arrow batches beat a per-document loop.
+Both schemes shingle alike (`word_shingles`: lower-cased words split as `str.split` does, word n-grams, one shingle
+for a document shorter than n words, none for a document without words) and permute alike: each 32-bit shingle hash
+is pre-mixed with the 32-bit MurmurHash3 finaliser and permuted with `a * h + b mod 2**32`, the permutation
+parameters drawn from `numpy.random.RandomState(seed)` in datasketch's order. They differ in the shingle hash:
+
+- "datasketch": datasketch's `sha1_hash32` of each UTF-8 shingle, so signatures are bit-for-bit those of
+  `datasketch.MinHash` (default scheme and seed handling). One SHA-1 per shingle is a Python-level call.
+- "fast": no per-shingle Python object at all. A batch is encoded once; word boundaries are found with numpy over
+  the byte buffer; each word gets a 64-bit polynomial hash from wrapping uint64 prefix sums, n consecutive word
+  hashes are combined into a 64-bit shingle hash (MurmurHash3's fmix64), folded to 32 bits. Fixed constants and
+  explicit byte order only, so signatures are the same on every run and machine; they are not datasketch's.
+
+The permutations and the per-document minimum run once per batch in numpy (`min_per_document`).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from itertools import accumulate
 import numpy as np
 
 UINT32_MAX = np.uint32(0xFFFFFFFF)
+HASH_SCHEMES = ("fast", "datasketch")
 # Shingles permuted at once: 8192 x 128 permutations x 4 bytes = 4 MiB, small enough to stay in cache.
 _SHINGLES_PER_SLICE = 8192
 
@@ -73,12 +82,19 @@ def shingle_digests(text: str, ngram: int) -> bytes:
     return b"".join(map(lambda start, next_start: sha1(joined[start : next_start - 1]).digest(), starts[:-ngram], starts[ngram:]))
 
 
-def signatures(texts: list[str], ngram: int, num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures of many documents at once.
+def signatures(
+    texts: list[str], ngram: int, num_perm: int, seed: int, scheme: str = "datasketch"
+) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of many documents at once, with the shingle hash of `scheme` ("fast" or "datasketch").
 
     Returns (signatures uint32[n_docs, num_perm], has_shingles bool[n_docs]). Documents without shingles keep the
     all-max signature datasketch gives an empty MinHash; callers must not band them.
     """
+    if scheme == "fast":
+        hashed, counts = fast_shingle_hashes(texts, ngram)
+        return min_per_document(fmix32(hashed), counts, num_perm, seed), counts > 0
+    if scheme != "datasketch":
+        raise ValueError(f"unknown MinHash hash scheme {scheme!r}; expected one of {HASH_SCHEMES}")
     digests = [shingle_digests(text, ngram) for text in texts]
     counts = np.fromiter((len(d) // 20 for d in digests), dtype=np.int64, count=len(texts))
     first_words = np.frombuffer(b"".join(digests), dtype="<u4").reshape(-1, 5)[:, 0]
@@ -146,3 +162,136 @@ def fmix64(values: np.ndarray) -> np.ndarray:
 def estimated_jaccard(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Row-wise share of equal signature values: the MinHash estimate of the Jaccard similarity."""
     return (left == right).mean(axis=1)
+
+
+# The fast scheme's constants. Changing any of them changes every "fast" signature (bump the stored-signature version).
+_BYTE_BASE = 0x100000001B3  # odd, so it has an inverse mod 2**64
+_BYTE_BASE_INVERSE = pow(_BYTE_BASE, -1, 1 << 64)
+_WORD_BASE = 0x9E3779B97F4A7C15  # odd; combines the word hashes of a shingle in order
+_SHINGLE_SALT = 0x2545F4914F6CDD1D
+# Bytes hashed per numpy pass: the uint64 per-byte arrays stay at a few MiB whatever the batch size.
+_BYTES_PER_PASS = 1 << 20
+# ASCII whitespace as str.split sees it: \t \n \v \f \r, the information separators \x1c-\x1f, space.
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
+# The rest of str.split's whitespace, UTF-8 encoded: U+0085, U+00A0 (2 bytes); U+1680, U+2000-U+200A, U+2028,
+# U+2029, U+202F, U+205F, U+3000 (3 bytes). Words are therefore exactly those of `text.lower().split()`.
+_SPACE_2_BYTES = np.array([0xC285, 0xC2A0], dtype=np.int64)
+_SPACE_3_BYTES = np.array(
+    [0xE19A80, *range(0xE28080, 0xE2808B), 0xE280A8, 0xE280A9, 0xE280AF, 0xE2819F, 0xE38080], dtype=np.int64
+)
+
+
+def fast_shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fast scheme's 32-bit shingle hashes of many documents, concatenated, and the shingle count per document.
+
+    The shingles of a document are those of `word_shingles(text, ngram)`, in the same order; none is built.
+    """
+    encoded = [text.lower().encode("utf-8") for text in texts]
+    hashes, counts = [], np.zeros(len(texts), dtype=np.int64)
+    for first, last in _passes(encoded):
+        pass_hashes, counts[first:last] = _shingle_hashes_of_pass(encoded[first:last], ngram)
+        hashes.append(pass_hashes)
+    hashed = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+    return (hashed ^ (hashed >> np.uint64(32))).astype(np.uint32), counts
+
+
+def _passes(encoded: list[bytes]):
+    """(first, last) document ranges of about _BYTES_PER_PASS bytes each; a longer document gets its own pass."""
+    first, size = 0, 0
+    for index, document in enumerate(encoded):
+        if size and size + len(document) > _BYTES_PER_PASS:
+            yield first, index
+            first, size = index, 0
+        size += len(document) + 1
+    if first < len(encoded):
+        yield first, len(encoded)
+
+
+def _shingle_hashes_of_pass(encoded: list[bytes], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 shingle hashes of the documents of one pass, concatenated, and the shingle count of each document."""
+    # One space before every document: words never run across documents, and each word has a byte before it.
+    buffer = np.frombuffer(b" " + b" ".join(encoded) + b" ", dtype=np.uint8)
+    doc_bounds = np.cumsum([0] + [len(document) + 1 for document in encoded])
+    starts, ends = _word_bounds(buffer)
+    words_per_doc = np.diff(np.searchsorted(starts, doc_bounds))
+    word_hashes = _word_hashes(buffer, starts, ends)
+    return _combine_words(word_hashes, words_per_doc, ngram)
+
+
+def _word_bounds(buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) byte offsets of the words: maximal runs of bytes that are not whitespace."""
+    space = _ASCII_SPACE[buffer]
+    if buffer.max() >= 0x80:
+        _mark_unicode_spaces(buffer, space)
+    change = np.flatnonzero(space[1:] != space[:-1]) + 1  # buffer starts and ends with a space
+    return change[0::2], change[1::2]
+
+
+def _mark_unicode_spaces(buffer: np.ndarray, space: np.ndarray) -> None:
+    """Mark every byte of the multi-byte whitespace characters str.split splits on (UTF-8 is self-synchronising)."""
+    wide = buffer.astype(np.int64)
+    leads = np.flatnonzero(buffer[:-1] == 0xC2)
+    hits = leads[np.isin((wide[leads] << 8) | wide[leads + 1], _SPACE_2_BYTES)]
+    space[hits] = space[hits + 1] = True
+    leads = np.flatnonzero((buffer[:-2] >= 0xE1) & (buffer[:-2] <= 0xE3))
+    hits = leads[np.isin((wide[leads] << 16) | (wide[leads + 1] << 8) | wide[leads + 2], _SPACE_3_BYTES)]
+    space[hits] = space[hits + 1] = space[hits + 2] = True
+
+
+def _word_hashes(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """fmix64 of each word's polynomial hash sum((byte + 1) * B**k), k its offset in the word, mod 2**64.
+
+    With prefix sums S of byte * B**i over the buffer and G of B**i, a word's hash is
+    ((S[end] - S[start]) + (G[end] - G[start])) * B**-start. Word starts are >= 1 (the buffer opens with a space),
+    so the inclusive prefix sums are read one byte early.
+    """
+    powers, inverse_powers, power_sums = _power_tables(len(buffer))
+    prefix = np.multiply(buffer, powers[: len(buffer)], dtype=np.uint64)
+    np.cumsum(prefix, out=prefix)
+    before, last = starts - 1, ends - 1
+    polynomial = (prefix[last] - prefix[before]) + (power_sums[last] - power_sums[before])
+    return fmix64(polynomial * inverse_powers[starts])
+
+
+_power_cache: list[np.ndarray] = []
+
+
+def _power_tables(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """B**i, B**-i and sum(B**j for j <= i), mod 2**64, for i < length (cached, grown on demand)."""
+    if not _power_cache or len(_power_cache[0]) < length:
+        size = max(length, _BYTES_PER_PASS + 2)
+        tables = []
+        for base in (_BYTE_BASE, _BYTE_BASE_INVERSE):
+            table = np.full(size, base, dtype=np.uint64)
+            table[0] = 1
+            tables.append(np.multiply.accumulate(table))  # wraps mod 2**64
+        tables.append(np.cumsum(tables[0]))
+        _power_cache[:] = tables
+    return _power_cache[0], _power_cache[1], _power_cache[2]
+
+
+def _combine_words(word_hashes: np.ndarray, words_per_doc: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 shingle hashes: fmix64 of the polynomial, in _WORD_BASE, of `ngram` consecutive word hashes.
+
+    A document with fewer than `ngram` words gets one shingle of all its words; one without words gets none.
+    """
+    shingles_per_doc = np.where(words_per_doc > 0, np.maximum(words_per_doc - ngram + 1, 1), 0)
+    first_word = np.cumsum(words_per_doc) - words_per_doc
+    doc_of_shingle = np.repeat(np.arange(len(words_per_doc)), shingles_per_doc)
+    offset_in_doc = np.arange(len(doc_of_shingle)) - np.repeat(np.cumsum(shingles_per_doc) - shingles_per_doc, shingles_per_doc)
+    start = first_word[doc_of_shingle] + offset_in_doc
+    length = np.minimum(words_per_doc[doc_of_shingle], ngram)
+    padded = np.concatenate([word_hashes, np.zeros(ngram, dtype=np.uint64)])
+    combined = np.zeros(len(start), dtype=np.uint64)
+    for k in range(ngram):
+        combined *= np.uint64(_WORD_BASE)
+        combined += padded[start + k]
+    short = np.flatnonzero(length < ngram)  # documents shorter than ngram words: a shorter polynomial
+    if len(short):
+        short_combined = np.zeros(len(short), dtype=np.uint64)
+        for k in range(ngram):
+            inside = k < length[short]
+            short_combined = np.where(inside, short_combined * np.uint64(_WORD_BASE) + padded[start[short] + k], short_combined)
+        combined[short] = short_combined
+    return fmix64(combined ^ np.uint64(_SHINGLE_SALT)), shingles_per_doc
