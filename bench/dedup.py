@@ -91,7 +91,15 @@ def short_local_job_conf(cores: int, class_sharing: bool) -> list[str]:
 
 
 def run_spark(
-    path: Path, output: Path, cores: int, threshold: float, num_perm: int, ngram: int, conf: list[str], class_sharing: bool
+    path: Path,
+    output: Path,
+    cores: int,
+    threshold: float,
+    num_perm: int,
+    ngram: int,
+    conf: list[str],
+    class_sharing: bool,
+    hash_scheme: str = "fast",
 ) -> dict[str, str]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -116,7 +124,14 @@ def run_spark(
     rows = pq.ParquetFile(path).metadata.num_rows  # one chunk per core
     # The pipeline's dedup section (top-k, ranking, Jaccard check as configured), with the benchmark's settings;
     # seed 1 is the seed the datasketch baseline uses.
-    settings = {"ngram": ngram, "num_perm": num_perm, "seed": 1, "threshold": threshold, "rows_per_chunk": -(-rows // cores)}
+    settings = {
+        "ngram": ngram,
+        "num_perm": num_perm,
+        "seed": 1,
+        "threshold": threshold,
+        "rows_per_chunk": -(-rows // cores),
+        "hash_scheme": hash_scheme,
+    }
     params = load_config("tiny", [f"dedup.{key}={value}" for key, value in settings.items()]).dedup
     counts = run_dedup(spark, str(path), str(output), params, log=lambda m: print(f"{m} [cpu {process_tree_cpu_seconds():.1f} s]"))
     print(f"spark cpu seconds (driver, JVM, Python workers): {process_tree_cpu_seconds():.1f}")
@@ -316,6 +331,7 @@ def main() -> None:
     parser.add_argument("--datatrove", action="store_true", help="also run datatrove 0.10.1 (bench/envs/setup.sh datatrove)")
     parser.add_argument("--rensa", action="store_true", help="also run the rensa 0.5.0 floor (bench/envs/setup.sh rensa)")
     parser.add_argument("--numpy-lsh", action="store_true", help="also check both hash schemes in-process")
+    parser.add_argument("--hash-scheme", choices=["fast", "datasketch"], default="fast", help="the Spark job's MinHash")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
     parser.add_argument(
         "--no-class-sharing", action="store_true", help="start the driver JVM without the class archive `make env` builds"
@@ -360,7 +376,15 @@ def main() -> None:
         shutil.rmtree(output, ignore_errors=True)
         start = time.perf_counter()
         labels = run_spark(
-            input_path, output, args.cores, args.threshold, args.num_perm, args.ngram, args.conf, not args.no_class_sharing
+            input_path,
+            output,
+            args.cores,
+            args.threshold,
+            args.num_perm,
+            args.ngram,
+            args.conf,
+            not args.no_class_sharing,
+            args.hash_scheme,
         )
         results.append(report(f"spark-local[{args.cores}]", labels, docs, time.perf_counter() - start))
     print_ratios(results)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.spark
 
 PARAMS = DedupConfig(
     inputs=[], ngram=5, num_perm=128, seed=1, threshold=0.5, top_k=3, verify_jaccard=True,
-    rank_by=["quality", "recency", "length"], rows_per_chunk=150, max_doc_chars=20_000, reuse_signatures_from="",
+    rank_by=["quality", "recency", "length"], rows_per_chunk=150, max_doc_chars=20_000, reuse_signatures_from="", hash_scheme="fast",
 )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def bucket_pairs(history_run):
 
 def passing_bucket_pairs(texts: list[str]) -> set[tuple[int, int]]:
     """Pairs of distinct texts (by index) that share an LSH bucket and pass the estimated-Jaccard check."""
-    signatures, has_shingles = minhash.signatures(texts, PARAMS.ngram, PARAMS.num_perm, PARAMS.seed)
+    signatures, has_shingles = minhash.signatures(texts, PARAMS.ngram, PARAMS.num_perm, PARAMS.seed, scheme=PARAMS.hash_scheme)
     bands, rows = minhash.lsh_params(PARAMS.threshold, PARAMS.num_perm)
     keys = minhash.band_keys(signatures, bands, rows)
     buckets = defaultdict(set)

@@ -20,7 +20,7 @@ SIGNATURE_BATCH = 8192
 
 def signature_key(params: DedupConfig) -> str:
     """What stored signatures depend on besides the texts: the version and the MinHash settings."""
-    return f"v{SIGNATURE_VERSION}-n{params.ngram}-p{params.num_perm}-s{params.seed}"
+    return f"v{SIGNATURE_VERSION}-n{params.ngram}-p{params.num_perm}-s{params.seed}-{params.hash_scheme}"
 
 
 def signatures_by_node(texts: list, first_row_of_key: dict, params: DedupConfig) -> dict:
@@ -32,7 +32,9 @@ def signatures_by_node(texts: list, first_row_of_key: dict, params: DedupConfig)
     signature_of = {}
     for start in range(0, len(distinct), SIGNATURE_BATCH):
         part = distinct[start : start + SIGNATURE_BATCH]
-        sigs, has_shingles = minhash.signatures([texts[row] for _, row in part], params.ngram, params.num_perm, params.seed)
+        sigs, has_shingles = minhash.signatures(
+            [texts[row] for _, row in part], params.ngram, params.num_perm, params.seed, scheme=params.hash_scheme
+        )
         for index, (node, _) in enumerate(part):
             signature_of[node] = (sigs[index].tobytes(), bool(has_shingles[index]))
     return signature_of
