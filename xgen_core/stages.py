@@ -81,7 +81,8 @@ STAGES: tuple[Stage, ...] = (
         config_sections=("ingest",),
         backend="spark",
         resources="spark",
-        description="JSONL / Parquet / WET into the raw-prepared Parquet layer; malformed records quarantined",
+        description="JSONL / Parquet / WET / WARC into the raw-prepared Parquet layer; malformed records quarantined",
+        code_version=2,  # doc ids from the input URI, record and content hash
         external_inputs="ingest.inputs",
         flags=(Flag("--max-bad-fraction", "ingest.max_bad_fraction", float, "quarantine share that fails the stage"),),
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.data.test_readers import jsonl_lines, warc_records
 from xgen_core import artifacts
+from xgen_core.data import readers
 from xgen_core.errors import InputError
 from xgen_core.stages import run_stage
 
@@ -53,7 +56,7 @@ def test_cli_ingests_1000_good_and_quarantines_50_malformed(tmp_path):
     quarantined = read_parquet_dir(out / "quarantine")
     assert len(good) == 1000 and len(quarantined) == 50
     assert {q["reason"] for q in quarantined} == {"bad_json", "invalid_utf8", "missing_text", "wrong_type:text", "empty_text"}
-    assert all(q["raw"] is not None and q["input_file"] == "crawl.jsonl" for q in quarantined)
+    assert all(q["raw"] is not None and q["input_file"] == str(crawl.resolve()) for q in quarantined)
     assert {g["domain"] for g in good} == {f"site{i}.co.uk" for i in range(7)}
     assert all(g["language"] == "en" and g["snapshot"] == "CC-MAIN-2024-10" for g in good)
     assert len({g["doc_id"] for g in good}) == 1000
@@ -97,3 +100,58 @@ def test_parquet_input(tmp_path, small_config, spark):
     outcome = run_stage(cfg, "ingest", "r", explicit_inputs=[str(source)], output=str(tmp_path / "out"))
     assert [r["language"] for r in read_parquet_dir(tmp_path / "out" / "data")] == ["fr"]
     assert outcome.manifest["counts"]["quarantined_missing_text"] == 1
+
+
+def test_files_of_the_same_name_in_two_folders_get_distinct_ids(tmp_path, small_config, spark):
+    for folder in ("march", "april"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "part-0.jsonl").write_bytes(b"".join(jsonl_lines(5)))
+    inputs = [str(tmp_path / "march"), str(tmp_path / "april")]
+    run_stage(small_config(), "ingest", "r", explicit_inputs=inputs, output=str(tmp_path / "out"))
+    rows = read_parquet_dir(tmp_path / "out" / "data")
+    assert len(rows) == 10 and len({r["doc_id"] for r in rows}) == 10
+
+
+def test_a_truncated_gzip_is_quarantined_once_and_named_in_the_manifest(tmp_path, small_config, spark):
+    source = tmp_path / "in"
+    source.mkdir()
+    compressed = gzip.compress(b"".join(jsonl_lines(3000)), mtime=0)
+    (source / "cut.jsonl.gz").write_bytes(compressed[: len(compressed) // 2])
+    (source / "whole.jsonl").write_bytes(b"".join(jsonl_lines(10)))
+    outcome = run_stage(small_config(), "ingest", "r", explicit_inputs=[str(source)], output=str(tmp_path / "out"))
+    [cut] = read_parquet_dir(tmp_path / "out" / "quarantine")
+    kept_from_cut = len(read_parquet_dir(tmp_path / "out" / "data")) - 10
+    assert cut["reason"] == "truncated_file" and cut["raw"].startswith(f"truncated after {kept_from_cut} records")
+    assert cut["byte_offset"] == sum(len(line) for line in jsonl_lines(kept_from_cut))
+    assert outcome.manifest["counts"]["quarantined_truncated_file"] == 1
+    [named] = outcome.manifest["metrics"]["truncated_files"]
+    assert named["input_file"] == str((source / "cut.jsonl.gz").resolve())
+    assert named["records_read"] == kept_from_cut and named["byte_offset"] == cut["byte_offset"]
+
+
+def test_warc_input_is_read_into_documents(tmp_path, small_config, spark):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "crawl.warc.gz").write_bytes(b"".join(gzip.compress(r, mtime=0) for r in warc_records()))
+    cfg = small_config("ingest.max_bad_fraction=0.5")
+    outcome = run_stage(cfg, "ingest", "r", explicit_inputs=[str(source)], output=str(tmp_path / "out"))
+    rows = read_parquet_dir(tmp_path / "out" / "data")
+    assert sorted(r["url"] for r in rows) == ["https://mills.org/hogsmill", "https://mills.org/wandle"]
+    assert all(r["source"] == "warc" and r["snapshot"] == "CC-MAIN-2024-42" and r["language"] == "en" for r in rows)
+    assert all(r["crawl_time"] is not None and "Croydon" in r["text"] for r in rows)
+    counts = outcome.manifest["counts"]
+    assert counts["quarantined_not_html"] == 1 and counts["quarantined_http_status"] == 1
+
+
+def test_warc_input_without_its_html_extractor_fails_before_reading(tmp_path, small_config, spark, monkeypatch):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "crawl.warc").write_bytes(b"".join(warc_records()))
+    monkeypatch.setitem(sys.modules, "trafilatura", None)
+    readers._trafilatura_extract.cache_clear()
+    try:
+        with pytest.raises(InputError, match=r"crawl\.warc: .*need trafilatura"):
+            run_stage(small_config(), "ingest", "r", explicit_inputs=[str(source)], output=str(tmp_path / "out"))
+    finally:
+        readers._trafilatura_extract.cache_clear()
+    assert not (tmp_path / "out").exists()
