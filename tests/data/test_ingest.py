@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +41,7 @@ def write_crawl(path, good: int, bad: int) -> None:
 
 
 def read_parquet_dir(path):
-    return pq.read_table(str(path)).to_pylist()
+    return pq.read_table(str(path), partitioning=None).to_pylist()  # the snapshot column is in the files too
 
 
 def test_cli_ingests_1000_good_and_quarantines_50_malformed(tmp_path):
@@ -155,3 +156,55 @@ def test_warc_input_without_its_html_extractor_fails_before_reading(tmp_path, sm
     finally:
         readers._trafilatura_extract.cache_clear()
     assert not (tmp_path / "out").exists()
+
+
+def write_snapshot(folder, snapshot: str, n: int) -> str:
+    folder.mkdir()
+    lines = [json.dumps({"text": f"{snapshot} page {i} on mills and rivers", "url": f"https://m{i}.org/{snapshot}",
+                         "snapshot": snapshot}) for i in range(n)]
+    (folder / "part-0.jsonl").write_text("\n".join(lines) + "\n")  # same file name in every folder
+    return str(folder)
+
+
+def layout_rows(uri: str) -> list[dict]:
+    from xgen_core.data.prepared_layout import document_uris
+
+    rows = [row for folder in document_uris(uri) for row in read_parquet_dir(folder)]
+    return sorted(rows, key=lambda row: row["doc_id"])
+
+
+def test_append_references_earlier_snapshots_and_equals_a_scratch_ingest(tmp_path, small_config, spark):
+    march, april, may = (write_snapshot(tmp_path / s, s, n) for s, n in (("CC-2024-10", 5), ("CC-2024-14", 4),
+                                                                          ("CC-2024-18", 3)))
+    first = run_stage(small_config(), "ingest", "r", explicit_inputs=[march])
+    append_cfg = small_config(f"ingest.append_to={first.uri}")
+    second = run_stage(append_cfg, "ingest", "r", explicit_inputs=[april])
+
+    partitions = second.manifest["layout"]["partitions"]
+    assert [(p["snapshot"], p["artifact"], p["documents"]) for p in partitions] == [
+        ("CC-2024-10", first.uri, 5), ("CC-2024-14", None, 4)]
+    assert partitions[0]["version"] == first.version and partitions[0]["path"] == "data/snapshot=CC-2024-10"
+    assert sorted(p.name for p in (Path(second.uri) / "data").iterdir()) == ["snapshot=CC-2024-14"]  # no copy
+    assert second.manifest["counts"]["documents_all_snapshots"] == 9
+    assert second.manifest["counts"]["snapshots_referenced"] == 1
+
+    scratch = run_stage(small_config(), "ingest", "r", explicit_inputs=[march, april], output=str(tmp_path / "scratch"))
+    assert layout_rows(second.uri) == layout_rows(scratch.uri)
+    assert run_stage(append_cfg, "ingest", "r2", explicit_inputs=[april]).reused  # idempotent
+
+    third = run_stage(small_config(f"ingest.append_to={second.uri}"), "ingest", "r", explicit_inputs=[may])
+    assert [(p["snapshot"], p["artifact"]) for p in third.manifest["layout"]["partitions"]] == [
+        ("CC-2024-10", first.uri), ("CC-2024-14", second.uri), ("CC-2024-18", None)]  # references never chain
+    assert len(layout_rows(third.uri)) == 12
+
+
+def test_append_refuses_a_snapshot_the_earlier_artifact_holds(tmp_path, small_config, spark):
+    march = write_snapshot(tmp_path / "march", "CC-2024-10", 3)
+    again = write_snapshot(tmp_path / "march-again", "CC-2024-10", 2)
+    first = run_stage(small_config(), "ingest", "r", explicit_inputs=[march])
+    with pytest.raises(InputError, match=r"already holds snapshot\(s\) CC-2024-10"):
+        run_stage(small_config(f"ingest.append_to={first.uri}"), "ingest", "r", explicit_inputs=[again],
+                  output=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="not a committed artifact"):
+        run_stage(small_config(f"ingest.append_to={tmp_path / 'nothing'}"), "ingest", "r", explicit_inputs=[again])

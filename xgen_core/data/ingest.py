@@ -1,8 +1,9 @@
 """Ingest: crawl files (JSONL, Parquet, WET, WARC) into the raw-prepared Parquet layer (paper section 2.1).
 
 Spark distributes input files over executors; each file is streamed through a reader, every record comes out
-either normalised (`data/`) or quarantined with its reason (`quarantine/`). The stage fails, uncommitted, only
-when the quarantined share exceeds `ingest.max_bad_fraction`.
+either normalised (`data/snapshot=<snapshot>/`, one partition per crawl snapshot) or quarantined with its reason
+(`quarantine/`). The stage fails, uncommitted, only when the quarantined share exceeds `ingest.max_bad_fraction`.
+With `ingest.append_to` the earlier artifact's partitions are referenced, not copied (see prepared_layout).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 from typing import Iterator
 
 from xgen_core.config import IngestConfig
+from xgen_core.data.prepared_layout import (
+    DATA_DIR, QUARANTINE_DIR, appended_layout, own_layout, partition_path, read_layout,
+)  # fmt: skip
 from xgen_core.data.normalize import (
     content_hash,
     default_language_model,
@@ -24,9 +28,6 @@ from xgen_core.data.readers import (
 )  # fmt: skip
 from xgen_core.errors import InputError
 from xgen_core.storage import iter_files, join, normalize_uri
-
-DATA_DIR = "data"
-QUARANTINE_DIR = "quarantine"
 
 COLUMNS = (
     ("doc_id", "string"),
@@ -51,15 +52,21 @@ QUARANTINE_COLUMNS = ["input_file", "ordinal", "reason", "raw", "byte_offset"]
 
 
 def run(ctx) -> dict:
+    cfg = ctx.cfg.ingest
+    earlier = read_layout(cfg.append_to, "ingest.append_to=") if cfg.append_to else None  # checked before work
     roots = ctx.external_inputs or [ctx.inputs["sample_corpus"]]
     files = list_input_files(roots)
     ctx.log(f"{len(files)} input files under {', '.join(roots)}")
     require_html_extractor(files)
-    counts, truncated = ingest(ctx.spark(), files, ctx.output, ctx.cfg.ingest)
+    counts, truncated, by_snapshot = ingest(ctx.spark(), files, ctx.output, cfg)
     ctx.log(f"{counts['records_good']} records kept, {counts['records_quarantined']} quarantined")
     for cut in truncated:
         ctx.log(f"{cut['input_file']} was cut short: {cut['raw']}")
-    return {"counts": counts, "metrics": {"truncated_files": truncated}}
+    layout = appended_layout(earlier, by_snapshot) if earlier else own_layout(by_snapshot)
+    counts["snapshots_written"] = len(by_snapshot)
+    counts["snapshots_referenced"] = len(layout["partitions"]) - len(by_snapshot)
+    counts["documents_all_snapshots"] = sum(p["documents"] for p in layout["partitions"])
+    return {"counts": counts, "metrics": {"truncated_files": truncated}, "layout": layout}
 
 
 def list_input_files(roots: list[str]) -> list[str]:
@@ -75,7 +82,8 @@ def require_html_extractor(files: list[str]) -> None:
             return
 
 
-def ingest(spark, files: list[str], output: str, cfg: IngestConfig) -> tuple[dict, list[dict]]:
+def ingest(spark, files: list[str], output: str, cfg: IngestConfig) -> tuple[dict, list[dict], dict[str, int]]:
+    """Counts, the files cut short, and the documents written per snapshot partition."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -84,17 +92,31 @@ def ingest(spark, files: list[str], output: str, cfg: IngestConfig) -> tuple[dic
         lambda f: prepare_file(f, cfg, language_model)
     )
     df = spark.createDataFrame(rows, schema=", ".join(f"{n} {t}" for n, t in COLUMNS))
-    df = df.persist(StorageLevel.DISK_ONLY)  # parse once, write twice
+    df = df.persist(StorageLevel.DISK_ONLY)  # parse once, then count and write each partition
     try:
-        df.where(F.col("reason").isNull()).select(*GOOD_COLUMNS).write.parquet(join(output, DATA_DIR))
+        by_reason, by_snapshot = {}, {}
+        for r in df.groupBy("reason", "snapshot").count().collect():
+            by_reason[r["reason"] or "good"] = by_reason.get(r["reason"] or "good", 0) + r["count"]
+            if r["reason"] is None:
+                by_snapshot[r["snapshot"]] = r["count"]
+        counts = summarize(by_reason, len(files))
+        check_bad_fraction(counts, cfg.max_bad_fraction)
+        write_partitions(df.where(F.col("reason").isNull()).select(*GOOD_COLUMNS), output, sorted(by_snapshot))
         df.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS).write.parquet(join(output, QUARANTINE_DIR))
-        by_reason = {r["reason"] or "good": r["count"] for r in df.groupBy("reason").count().collect()}
         truncated = truncated_files(df)
     finally:
         df.unpersist()
-    counts = summarize(by_reason, len(files))
-    check_bad_fraction(counts, cfg.max_bad_fraction)
-    return counts, truncated
+    return counts, truncated, by_snapshot
+
+
+def write_partitions(good, output: str, snapshots: list[str]) -> None:
+    """One folder per snapshot, the snapshot column kept inside the files (Spark's partitionBy would drop it)."""
+    from pyspark.sql import functions as F
+
+    if not snapshots:
+        good.write.parquet(join(output, DATA_DIR))  # an empty data/ with the schema, as before partitions
+    for snapshot in snapshots:
+        good.where(F.col("snapshot") == snapshot).write.parquet(join(output, partition_path(snapshot)))
 
 
 def truncated_files(df) -> list[dict]:
@@ -151,7 +173,7 @@ def prepare_record(file: str, record: RawRecord, cfg: IngestConfig, language_mod
         text,
         record.url,
         registered_domain(record.url),
-        record.snapshot or cfg.default_snapshot,
+        record.snapshot or cfg.default_snapshot or "unknown",
         crawl_time,
         language,
         score,
