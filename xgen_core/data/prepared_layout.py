@@ -13,6 +13,8 @@ manifest["layout"] = {
     "quarantine": [{"artifact": ... | None, "version": ... | None, "path": "quarantine"}, ...],
 }
 `artifact` None means the artifact that holds the manifest. Consumers call `partitions(uri)` or `document_uris(uri)`.
+Spark reads `data/` as it is; pyarrow's dataset reader of the whole folder needs `partitioning=None` (it would
+otherwise add a second, dictionary-typed `snapshot` column from the folder names).
 """
 
 from __future__ import annotations
