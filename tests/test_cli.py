@@ -45,7 +45,7 @@ def test_errors_are_one_line_and_debug_shows_the_traceback():
     assert plain.returncode == 2
     assert plain.stderr.strip().splitlines() == [
         "error: unknown config key 'ingest.nope'; allowed here: inputs, max_bad_fraction, max_text_chars, "
-        "language_model, language_chars, default_snapshot"
+        "language_model, language_chars, default_snapshot, append_to"
     ]
     debug = run_cli("--debug", "config", "show", "ingest.nope=1")
     assert "Traceback" in debug.stderr

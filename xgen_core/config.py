@@ -60,6 +60,7 @@ class IngestConfig(Section):
     language_model: str
     language_chars: int
     default_snapshot: str
+    append_to: str
 
 
 class DedupConfig(Section):

@@ -81,9 +81,13 @@ STAGES: tuple[Stage, ...] = (
         config_sections=("ingest",),
         backend="spark",
         resources="spark",
-        description="JSONL / Parquet / WET into the raw-prepared Parquet layer; malformed records quarantined",
+        description="JSONL / Parquet / WET / WARC into the raw-prepared Parquet layer; malformed records quarantined",
+        code_version=2,  # doc ids from the input URI, record and content hash
         external_inputs="ingest.inputs",
-        flags=(Flag("--max-bad-fraction", "ingest.max_bad_fraction", float, "quarantine share that fails the stage"),),
+        flags=(
+            Flag("--max-bad-fraction", "ingest.max_bad_fraction", float, "quarantine share that fails the stage"),
+            Flag("--append-to", "ingest.append_to", str, "earlier ingest artifact whose snapshots the new ones join"),
+        ),
     ),
     Stage(
         name="dedup",
@@ -371,6 +375,7 @@ def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, st
         "started_at": started,
         "finished_at": _now(),
         "complete": result.get("complete", True),  # False: a resumable stage stopped early (e.g. --steps)
+        **({"layout": result["layout"]} if "layout" in result else {}),  # where the data lives, when not data/
     }
 
 

@@ -1,16 +1,19 @@
-"""Ingest: crawl files (JSONL, Parquet, WET) into the raw-prepared Parquet layer (paper section 2.1).
+"""Ingest: crawl files (JSONL, Parquet, WET, WARC) into the raw-prepared Parquet layer (paper section 2.1).
 
 Spark distributes input files over executors; each file is streamed through a reader, every record comes out
-either normalised (`data/`) or quarantined with its reason (`quarantine/`). The stage fails, uncommitted, only
-when the quarantined share exceeds `ingest.max_bad_fraction`.
+either normalised (`data/snapshot=<snapshot>/`, one partition per crawl snapshot) or quarantined with its reason
+(`quarantine/`). The stage fails, uncommitted, only when the quarantined share exceeds `ingest.max_bad_fraction`.
+With `ingest.append_to` the earlier artifact's partitions are referenced, not copied (see prepared_layout).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 from xgen_core.config import IngestConfig
+from xgen_core.data.prepared_layout import (
+    DATA_DIR, QUARANTINE_DIR, appended_layout, own_layout, partition_path, read_layout,
+)  # fmt: skip
 from xgen_core.data.normalize import (
     content_hash,
     default_language_model,
@@ -20,12 +23,11 @@ from xgen_core.data.normalize import (
     registered_domain,
     stable_doc_id,
 )
-from xgen_core.data.readers import BadRecord, RawRecord, input_kind, is_data_file, read_file
+from xgen_core.data.readers import (
+    TRUNCATED, BadRecord, RawRecord, html_extractor, input_kind, is_data_file, read_file,
+)  # fmt: skip
 from xgen_core.errors import InputError
 from xgen_core.storage import iter_files, join, normalize_uri
-
-DATA_DIR = "data"
-QUARANTINE_DIR = "quarantine"
 
 COLUMNS = (
     ("doc_id", "string"),
@@ -43,39 +45,45 @@ COLUMNS = (
     ("ordinal", "long"),
     ("reason", "string"),
     ("raw", "string"),
+    ("byte_offset", "long"),
 )
 GOOD_COLUMNS = [name for name, _ in COLUMNS[:11]]
-QUARANTINE_COLUMNS = ["input_file", "ordinal", "reason", "raw"]
-
-
-@dataclass(frozen=True)
-class InputFile:
-    uri: str
-    name: str  # relative to the input root it was found under: what doc ids are built from
+QUARANTINE_COLUMNS = ["input_file", "ordinal", "reason", "raw", "byte_offset"]
 
 
 def run(ctx) -> dict:
+    cfg = ctx.cfg.ingest
+    earlier = read_layout(cfg.append_to, "ingest.append_to=") if cfg.append_to else None  # checked before work
     roots = ctx.external_inputs or [ctx.inputs["sample_corpus"]]
     files = list_input_files(roots)
     ctx.log(f"{len(files)} input files under {', '.join(roots)}")
-    counts = ingest(ctx.spark(), files, ctx.output, ctx.cfg.ingest)
+    require_html_extractor(files)
+    counts, truncated, by_snapshot = ingest(ctx.spark(), files, ctx.output, cfg)
     ctx.log(f"{counts['records_good']} records kept, {counts['records_quarantined']} quarantined")
-    return {"counts": counts}
+    for cut in truncated:
+        ctx.log(f"{cut['input_file']} was cut short: {cut['raw']}")
+    layout = appended_layout(earlier, by_snapshot) if earlier else own_layout(by_snapshot)
+    counts["snapshots_written"] = len(by_snapshot)
+    counts["snapshots_referenced"] = len(layout["partitions"]) - len(by_snapshot)
+    counts["documents_all_snapshots"] = sum(p["documents"] for p in layout["partitions"])
+    return {"counts": counts, "metrics": {"truncated_files": truncated}, "layout": layout}
 
 
-def list_input_files(roots: list[str]) -> list[InputFile]:
-    files = []
-    for root in roots:
-        root_uri = normalize_uri(root)
-        for info in iter_files([root_uri]):
-            if not is_data_file(info.uri):
-                continue
-            name = info.uri[len(root_uri) :].lstrip("/") or info.uri.rsplit("/", 1)[-1]
-            files.append(InputFile(info.uri, name))
-    return files
+def list_input_files(roots: list[str]) -> list[str]:
+    """Input file URIs: what doc ids, input_file and quarantine rows name, so equal names in two folders differ."""
+    return [info.uri for info in iter_files([normalize_uri(root) for root in roots]) if is_data_file(info.uri)]
 
 
-def ingest(spark, files: list[InputFile], output: str, cfg: IngestConfig) -> dict:
+def require_html_extractor(files: list[str]) -> None:
+    """Fail before Spark starts, naming the first .warc file, when its HTML cannot be turned into text."""
+    for uri in files:
+        if input_kind(uri) == "warc":
+            html_extractor(uri)
+            return
+
+
+def ingest(spark, files: list[str], output: str, cfg: IngestConfig) -> tuple[dict, list[dict], dict[str, int]]:
+    """Counts, the files cut short, and the documents written per snapshot partition."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -84,16 +92,40 @@ def ingest(spark, files: list[InputFile], output: str, cfg: IngestConfig) -> dic
         lambda f: prepare_file(f, cfg, language_model)
     )
     df = spark.createDataFrame(rows, schema=", ".join(f"{n} {t}" for n, t in COLUMNS))
-    df = df.persist(StorageLevel.DISK_ONLY)  # parse once, write twice
+    df = df.persist(StorageLevel.DISK_ONLY)  # parse once, then count and write each partition
     try:
-        df.where(F.col("reason").isNull()).select(*GOOD_COLUMNS).write.parquet(join(output, DATA_DIR))
+        by_reason, by_snapshot = {}, {}
+        for r in df.groupBy("reason", "snapshot").count().collect():
+            by_reason[r["reason"] or "good"] = by_reason.get(r["reason"] or "good", 0) + r["count"]
+            if r["reason"] is None:
+                by_snapshot[r["snapshot"]] = r["count"]
+        counts = summarize(by_reason, len(files))
+        check_bad_fraction(counts, cfg.max_bad_fraction)
+        write_partitions(df.where(F.col("reason").isNull()).select(*GOOD_COLUMNS), output, sorted(by_snapshot))
         df.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS).write.parquet(join(output, QUARANTINE_DIR))
-        by_reason = {r["reason"] or "good": r["count"] for r in df.groupBy("reason").count().collect()}
+        truncated = truncated_files(df)
     finally:
         df.unpersist()
-    counts = summarize(by_reason, len(files))
-    check_bad_fraction(counts, cfg.max_bad_fraction)
-    return counts
+    return counts, truncated, by_snapshot
+
+
+def write_partitions(good, output: str, snapshots: list[str]) -> None:
+    """One folder per snapshot, the snapshot column kept inside the files (Spark's partitionBy would drop it)."""
+    from pyspark.sql import functions as F
+
+    if not snapshots:
+        good.write.parquet(join(output, DATA_DIR))  # an empty data/ with the schema, as before partitions
+    for snapshot in snapshots:
+        good.where(F.col("snapshot") == snapshot).write.parquet(join(output, partition_path(snapshot)))
+
+
+def truncated_files(df) -> list[dict]:
+    """Files cut short (one quarantine row each): named in the manifest, not only counted."""
+    from pyspark.sql import functions as F
+
+    rows = df.where(F.col("reason") == TRUNCATED).select("input_file", "ordinal", "byte_offset", "raw").collect()
+    return sorted(({"input_file": r.input_file, "records_read": r.ordinal, "byte_offset": r.byte_offset,
+                    "raw": r.raw} for r in rows), key=lambda cut: cut["input_file"])
 
 
 def summarize(by_reason: dict[str, int], n_files: int) -> dict:
@@ -115,17 +147,17 @@ def check_bad_fraction(counts: dict, limit: float) -> None:
         )
 
 
-def prepare_file(file: InputFile, cfg: IngestConfig, language_model: str) -> Iterator[tuple]:
+def prepare_file(file: str, cfg: IngestConfig, language_model: str) -> Iterator[tuple]:
     """Runs on an executor: one input file to output rows (good rows have reason None)."""
-    source_kind = input_kind(file.uri) or "unknown"
-    for record in read_file(file.uri):
+    source_kind = input_kind(file) or "unknown"
+    for record in read_file(file):
         if isinstance(record, BadRecord):
-            yield quarantine_row(file, record.ordinal, record.reason, record.raw)
+            yield quarantine_row(file, record.ordinal, record.reason, record.raw, record.byte_offset)
             continue
         yield prepare_record(file, record, cfg, language_model, source_kind)
 
 
-def prepare_record(file: InputFile, record: RawRecord, cfg: IngestConfig, language_model: str, source_kind: str) -> tuple:
+def prepare_record(file: str, record: RawRecord, cfg: IngestConfig, language_model: str, source_kind: str) -> tuple:
     text = normalize_text(record.text)
     if not text:
         return quarantine_row(file, record.ordinal, "empty_text", record.text[:200])
@@ -135,24 +167,26 @@ def prepare_record(file: InputFile, record: RawRecord, cfg: IngestConfig, langua
     if record.crawl_time and crawl_time is None:
         return quarantine_row(file, record.ordinal, "bad_crawl_time", record.crawl_time[:200])
     language, score = identify_language(text, language_model, cfg.language_chars)
+    text_hash = content_hash(text)
     return (
-        stable_doc_id(file.name, record.ordinal),
+        stable_doc_id(file, record.ordinal, text_hash),
         text,
         record.url,
         registered_domain(record.url),
-        record.snapshot or cfg.default_snapshot,
+        record.snapshot or cfg.default_snapshot or "unknown",
         crawl_time,
         language,
         score,
-        content_hash(text),
+        text_hash,
         record.source or source_kind,
         record.source_id,
-        file.name,
+        file,
         record.ordinal,
+        None,
         None,
         None,
     )
 
 
-def quarantine_row(file: InputFile, ordinal: int, reason: str, raw: str) -> tuple:
-    return (None,) * 11 + (file.name, ordinal, reason, raw)
+def quarantine_row(file: str, ordinal: int, reason: str, raw: str, byte_offset: int | None = None) -> tuple:
+    return (None,) * 11 + (file, ordinal, reason, raw, byte_offset)

@@ -22,9 +22,11 @@ def content_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def stable_doc_id(input_name: str, ordinal: int) -> str:
-    """Same input file (named relative to its input root) and record position give the same id on every run."""
-    return hashlib.sha1(f"{input_name}#{ordinal}".encode()).hexdigest()[:20]
+def stable_doc_id(input_uri: str, ordinal: int, text_hash: str) -> str:
+    """The same record of the same input file gives the same id on every run; records of different files (even
+    files of the same name under different folders or buckets) never share one. 128 bits: no collision among
+    the ~1e10 documents of a web-scale run."""
+    return hashlib.sha1(f"{input_uri}\0{ordinal}\0{text_hash}".encode()).hexdigest()[:32]
 
 
 @lru_cache(maxsize=1)
