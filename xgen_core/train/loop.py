@@ -32,7 +32,7 @@ from xgen_core.train.metrics import (
     LossSpikeAlarm, MetricsWriter, device_peak_flops, plot_losses, read_metrics,
 )
 from xgen_core.train.optimizer import make_optimizer
-from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule
+from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule, tokens_before_step
 from xgen_core.train.step import (
     abstract_state, device_batch, init_state, make_eval_step, make_train_step, state_shardings,
 )
@@ -286,7 +286,7 @@ def _step_record(step: int, stage_name: str, plans, metrics: dict, seconds: floa
     """One line of metrics.jsonl: the step's metrics plus tokens so far, throughput and MFU."""
     tokens_per_step = next(p.tokens_per_step for p in plans if p.name == stage_name)
     return {
-        "step": step, "stage": stage_name, "tokens": int(_tokens_after(plans, step)), **metrics,
+        "step": step, "stage": stage_name, "tokens": tokens_before_step(plans, step), **metrics,
         "step_seconds": seconds, "tokens_per_s": tokens_per_step / seconds,
         "mfu": tokens_per_step * flops_per_token / seconds / (peak_flops * jax.device_count()),
     }
@@ -303,10 +303,6 @@ def _plans(packed: dict, options: TrainOptions):
 
 def _stage_entry(packed: dict, name: str) -> dict:
     return next(s for s in packed["stages"] if s["name"] == name)
-
-
-def _tokens_after(plans, steps: int) -> int:
-    return sum(min(max(steps - p.start_step, 0), p.steps) * p.tokens_per_step for p in plans)
 
 
 def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options):
