@@ -52,6 +52,9 @@ class Stage:
     # Works in place in its artifact directory and picks up where a killed or shorter run stopped
     # (training from checkpoints): no staging copy, always called, committed again when it returns.
     resumable: bool = False
+    # Config that says how the stage executes but not what it produces (mesh shape, checkpoint cadence):
+    # recorded in the manifest, never hashed into the version.
+    runtime_sections: tuple[str, ...] = ()
 
     @property
     def command(self) -> str:
@@ -157,6 +160,7 @@ STAGES: tuple[Stage, ...] = (
         fn="xgen_core.train.loop:run",
         upstream=("tokenizer", "pack"),
         config_sections=("model", "train"),
+        runtime_sections=("train_run",),
         backend="jax",
         resources="tpu",
         description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
@@ -359,6 +363,7 @@ def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, st
         "version": resolved.version,
         "uri": resolved.uri,
         "config": {section: cfg.section_dump(section) for section in stage.config_sections},
+        "runtime": {section: cfg.section_dump(section) for section in stage.runtime_sections},
         "profile": cfg.profile,
         "inputs": resolved.inputs,
         "external_inputs": resolved.external_inputs,

@@ -9,27 +9,27 @@ import pytest
 from xgen_core.train.loop import pretrain
 from xgen_core.train.metrics import read_metrics
 
-from tests.train.pretrain_fixtures import MICRO_MODEL, micro_train_options
+from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runtime, micro_train
 
 STEPS = 10
 KILLED_RUN = r"""
 import os, signal, sys
 sys.path.insert(0, {repo_root!r})
-from tests.train.pretrain_fixtures import MICRO_MODEL, micro_train_options
+from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runtime, micro_train
 from xgen_core.train.loop import pretrain
 
 def kill_at(record):
     if record["step"] == {kill_step}:
         os.kill(os.getpid(), signal.SIGKILL)
 
-pretrain({packed_dir!r}, {out!r}, MICRO_MODEL, micro_train_options(), vocab_size=320, max_steps={steps},
-         log=lambda m: None, on_step=kill_at)
+pretrain({packed_dir!r}, {out!r}, MICRO_MODEL, micro_train(), micro_runtime(max_steps={steps}), STAGE_TOKENS,
+         vocab_size=320, log=lambda m: None, on_step=kill_at)
 """
 
 
 def train(packed_dir, out, log=lambda message: None):
-    return pretrain(packed_dir, str(out), MICRO_MODEL, micro_train_options(), vocab_size=320, max_steps=STEPS,
-                    log=log)
+    return pretrain(packed_dir, str(out), MICRO_MODEL, micro_train(), micro_runtime(max_steps=STEPS), STAGE_TOKENS,
+                    vocab_size=320, log=log)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgen_core.config import ModelConfig, TrainConfig, TrainRunConfig
 from xgen_core.errors import XgenError
 from xgen_core.localize import CACHE_DIR, local_directory, upload_directory
 from xgen_core.model.decoder import Decoder
@@ -41,60 +42,18 @@ STAGES_FILE = "stages.json"
 UNIGRAM_FILE = "unigram_counts.npy"
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelOptions:
-    preset: str
-    attention_impl: str
-    compute_dtype: str
-    param_dtype: str
-    remat: bool
-    scan_layers: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshOptions:
-    data: int
-    fsdp: int
-    tensor: int
-    distributed: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainOptions:
-    stage_tokens: dict  # curriculum stage name -> token budget, in curriculum order
-    batch_size: int  # sequences per optimizer step (all hosts, all micro-batches)
-    grad_accum_steps: int
-    peak_lr: float
-    slow_decay_end_ratio: float
-    final_lr_ratio: float
-    weight_decay: float
-    b1: float
-    b2: float
-    eps: float
-    grad_clip: float
-    seed: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    eval_every: int
-    eval_batches: int
-    spike_factor: float
-    spike_warmup_steps: int
-    peak_flops_per_device: float | None
-    mesh: MeshOptions
-
-
-def build_model(options: ModelOptions, tokenizer_vocab_size: int) -> Decoder:
-    spec = get_preset(options.preset)
+def build_model(model_config: ModelConfig, tokenizer_vocab_size: int) -> Decoder:
+    spec = get_preset(model_config.preset)
     if tokenizer_vocab_size > spec.vocab_size:
         raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
                         f"embedding rows of model preset {spec.name}")
     return Decoder(
         spec,
-        attention_impl=options.attention_impl,
-        compute_dtype=jnp.dtype(options.compute_dtype),
-        param_dtype=jnp.dtype(options.param_dtype),
-        remat=options.remat,
-        scan_layers=options.scan_layers,
+        attention_impl=model_config.attention_impl,
+        compute_dtype=jnp.dtype(model_config.compute_dtype),
+        param_dtype=jnp.dtype(model_config.param_dtype),
+        remat=model_config.remat,
+        scan_layers=model_config.scan_layers,
     )
 
 
@@ -146,55 +105,60 @@ class Evaluator:
         return total / max(tokens, 1.0)
 
 
-def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: TrainOptions,
-             vocab_size: int, max_steps: int | None = None, log=print, on_step=None) -> dict:
-    """Train (or resume) up to the end of the curriculum, or to step `max_steps` if that comes first.
+def pretrain(pack_dir: str, out_uri: str, model_config: ModelConfig, train: TrainConfig, runtime: TrainRunConfig,
+             stage_tokens: dict[str, int], vocab_size: int, log=print, on_step=None) -> dict:
+    """Train (or resume) up to the end of the curriculum, or to step `runtime.max_steps` if that comes first.
+
+    `train` (the `train` section) decides the trained model; `runtime` (`train_run`: mesh, cadences, the
+    spike alarm, peak FLOP/s) only how the run executes, so a run resumed with another mesh or cadence
+    continues the same training. `stage_tokens` is the curriculum (stage name -> token budget, in order).
 
     Checkpoints go to `out_uri`/checkpoints (local or gs://); metrics.jsonl, TensorBoard events, the LR
     plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
     `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
     """
     configure_cpu_training()  # a no-op when the stage runner did it before importing JAX
-    mesh_lib.maybe_initialize_distributed(options.mesh.distributed)
+    mesh_lib.maybe_initialize_distributed(runtime.mesh.distributed)
+    max_steps = runtime.max_steps
     out = local_run_directory(out_uri)
     packed = read_packed_stages(pack_dir)
     seq_len = packed["seq_len"]
-    plans = _plans(packed, options)
-    checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), options.keep_checkpoints)
+    plans = _plans(packed, stage_tokens, train.batch_size)
+    checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), runtime.keep_checkpoints)
     last_step = min(plans[-1].end_step, max_steps) if max_steps else plans[-1].end_step
     if (checkpointer.latest_step() or 0) >= last_step and (out / "summary.json").exists():
         log(f"already trained to step {checkpointer.latest_step()}: nothing to do")
         checkpointer.close()
         return json.loads((out / "summary.json").read_text())
-    micro_batch = options.batch_size // options.grad_accum_steps
-    if options.batch_size % (options.grad_accum_steps * jax.process_count()):
+    micro_batch = train.batch_size // train.grad_accum_steps
+    if train.batch_size % (train.grad_accum_steps * jax.process_count()):
         raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
 
-    model = build_model(model_options, vocab_size)
-    schedule = curriculum_schedule(plans, options.peak_lr, options.slow_decay_end_ratio, options.final_lr_ratio)
-    tx = make_optimizer(schedule, b1=options.b1, b2=options.b2, eps=options.eps,
-                        weight_decay=options.weight_decay, grad_clip=options.grad_clip)
-    mesh = mesh_lib.make_mesh(options.mesh.data, options.mesh.fsdp, options.mesh.tensor)
+    model = build_model(model_config, vocab_size)
+    schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
+    tx = make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
+                        weight_decay=train.weight_decay, grad_clip=train.grad_clip)
+    mesh = mesh_lib.make_mesh(runtime.mesh.data, runtime.mesh.fsdp, runtime.mesh.tensor)
     shardings = state_shardings(model, tx, mesh)
     train_step = make_train_step(model, tx, schedule, mesh, shardings)
     loader = CurriculumLoader(
         [StageData(p.name, str(Path(pack_dir) / _stage_entry(packed, p.name)["train_dir"]), p.start_step)
          for p in plans],
-        batch_rows=options.batch_size // jax.process_count(), seed=options.seed,
+        batch_rows=train.batch_size // jax.process_count(), seed=train.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    alarm = LossSpikeAlarm(options.spike_factor, options.spike_warmup_steps)
+    alarm = LossSpikeAlarm(runtime.spike_factor, runtime.spike_warmup_steps)
 
-    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options)
+    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train)
     if start_step:
         log(f"resuming from the checkpoint of step {start_step}")
 
-    heldout = heldout_rows(pack_dir, packed, options.eval_batches * micro_batch)
+    heldout = heldout_rows(pack_dir, packed, runtime.eval_batches * micro_batch)
     evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
     baseline = unigram_baseline_loss(pack_dir, heldout)
     plot_schedule(schedule, plans, str(out / "lr_schedule.png"))
     flops_per_token = training_flops_per_token(model.spec, seq_len)
-    peak_flops, peak_source = device_peak_flops(options.peak_flops_per_device)
+    peak_flops, peak_source = device_peak_flops(runtime.peak_flops_per_device)
     writer = MetricsWriter(out, resume_after_step=start_step)
     log(f"pretraining {model.spec.name}: steps {start_step}->{last_step} of {plans[-1].end_step}, "
         f"{jax.device_count()} device(s), unigram baseline {baseline:.3f}")
@@ -202,7 +166,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
     heldout_loss = None
     for step in range(start_step, last_step):
         stage, rows = loader.batch_for_step(step)
-        rows = {k: v.reshape(options.grad_accum_steps, -1, *v.shape[1:]) for k, v in rows.items()}
+        rows = {k: v.reshape(train.grad_accum_steps, -1, *v.shape[1:]) for k, v in rows.items()}
         started = time.perf_counter()
         state, metrics = train_step(state, device_batch(rows, mesh, batch_axis=1))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -211,7 +175,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
         record["loss_spike"] = alarm.update(metrics["loss"])
         if record["loss_spike"]:
             log(f"LOSS SPIKE at step {step + 1}: {metrics['loss']:.4f} (average {alarm.average:.4f})")
-        if (step + 1) % options.eval_every == 0 or step + 1 == last_step:
+        if (step + 1) % runtime.eval_every == 0 or step + 1 == last_step:
             heldout_loss = record["heldout_loss"] = evaluator.loss(state.params)
             log(f"step {step + 1}/{last_step} ({stage.name}): loss {record['loss']:.3f}, held-out "
                 f"{heldout_loss:.3f} (unigram {baseline:.3f}), lr {record['lr']:.2e}, "
@@ -219,7 +183,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
         writer.write(record)
         if on_step:
             on_step(record)
-        if (step + 1) % options.checkpoint_every == 0 or step + 1 == last_step:
+        if (step + 1) % runtime.checkpoint_every == 0 or step + 1 == last_step:
             checkpointer.save(step + 1, state, loader.get_state(), {"alarm": alarm.get_state()})
             writer.flush()
             sync_run_files(out, out_uri)
@@ -257,22 +221,15 @@ def sync_run_files(local: Path, out_uri: str) -> None:
         upload_directory(local, out_uri)
 
 
-def options_from_config(cfg) -> tuple[ModelOptions, TrainOptions]:
-    train = cfg.train.model_dump()
-    train["mesh"] = MeshOptions(**train["mesh"])
-    train["stage_tokens"] = cfg.curriculum()
-    return ModelOptions(**cfg.model.model_dump()), TrainOptions(**train)
-
-
 def run(ctx) -> dict:
     """The `pretrain` stage: resumes in its artifact directory from the latest checkpoint."""
     from xgen_core.tokens.tokenizer import load_tokenizer
 
-    model_options, train_options = options_from_config(ctx.cfg)
+    cfg = ctx.cfg
     _, tokenizer_config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
     summary = pretrain(
-        str(local_directory(ctx.inputs["pack"])), ctx.output, model_options, train_options,
-        vocab_size=tokenizer_config["vocab_size"], max_steps=ctx.cfg.train_run.max_steps, log=ctx.log,
+        str(local_directory(ctx.inputs["pack"])), ctx.output, cfg.model, cfg.train, cfg.train_run,
+        cfg.curriculum(), vocab_size=tokenizer_config["vocab_size"], log=ctx.log,
     )
     return {
         "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
@@ -292,23 +249,23 @@ def _step_record(step: int, stage_name: str, plans, metrics: dict, seconds: floa
     }
 
 
-def _plans(packed: dict, options: TrainOptions):
+def _plans(packed: dict, stage_tokens: dict[str, int], batch_size: int):
     packed_names = [s["name"] for s in packed["stages"]]
-    missing = [name for name in options.stage_tokens if name not in packed_names]
+    missing = [name for name in stage_tokens if name not in packed_names]
     if missing:
         raise XgenError(f"curriculum stages {missing} have no packed shards (packed: {packed_names})")
-    budgets = [(name, int(tokens), packed["seq_len"]) for name, tokens in options.stage_tokens.items()]
-    return plan_stages(budgets, options.batch_size)
+    budgets = [(name, int(tokens), packed["seq_len"]) for name, tokens in stage_tokens.items()]
+    return plan_stages(budgets, batch_size)
 
 
 def _stage_entry(packed: dict, name: str) -> dict:
     return next(s for s in packed["stages"] if s["name"] == name)
 
 
-def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options):
+def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train):
     latest = checkpointer.latest_step()
     if latest is None:
-        return init_state(model, tx, mesh, shardings, options.seed), 0
+        return init_state(model, tx, mesh, shardings, train.seed), 0
     state_like = abstract_state(model, tx)
     state, data_state, meta = checkpointer.restore(latest, state_like, shardings)
     loader.set_state(data_state)
