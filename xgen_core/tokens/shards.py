@@ -4,28 +4,23 @@ Output directory:
     stages.json                       seq_len, tokenizer, and per stage: name, train_dir, heldout_dir, counts
     unigram_counts.npy                int64 (vocab,) training-token counts over all stages (loss baseline)
     <stage>/train/*.npy, <stage>/heldout/*.npy
-A document is held out when a hash of its text says so, so a text that appears in several stages is held
-out in all of them and never trained on.
+A document is held out when a hash of its dedup cluster id says so: every near-duplicate variant of a cluster
+sits on the same side, and a cluster that appears in several stages is held out in all of them.
 """
 
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from xgen_core.tokens.corpus import is_heldout_cluster
 from xgen_core.tokens.packing import pack_documents, write_shards
 
 ENCODE_BATCH_DOCS = 256
-HELDOUT_BUCKETS = 10_000
-
-
-def is_heldout(text: str, heldout_fraction: float) -> bool:
-    return zlib.crc32(text.encode("utf-8")) % HELDOUT_BUCKETS < heldout_fraction * HELDOUT_BUCKETS
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Iterable[str]) -> Iterator[list[int]]:
@@ -40,20 +35,23 @@ def encode_documents(tokenizer: Tokenizer, texts: Iterable[str]) -> Iterator[lis
         yield from (encoding.ids for encoding in tokenizer.encode_batch(batch, add_special_tokens=False))
 
 
-def split_heldout(texts: Iterable[str], heldout_fraction: float, heldout: list[str]) -> Iterator[str]:
-    """Yield the training texts; append the held-out ones to `heldout`."""
-    for text in texts:
-        if is_heldout(text, heldout_fraction):
-            heldout.append(text)
-        else:
+def split_heldout(documents: Iterable[tuple[str, str]], heldout_fraction: float,
+                  heldout: dict[str, list[str]]) -> Iterator[str]:
+    """Yield the training texts of (text, cluster id) documents; collect held-out ones by cluster in `heldout`
+    (each text once: a mixture's repeats upsample training data, not the evaluation)."""
+    for text, cluster in documents:
+        if not is_heldout_cluster(cluster, heldout_fraction):
             yield text
+        elif text not in heldout.setdefault(cluster, []):
+            heldout[cluster].append(text)
 
 
-def pack_stage(tokenizer: Tokenizer, special_ids: dict, texts: Iterable[str], stage_dir: Path, seq_len: int,
+def pack_stage(tokenizer: Tokenizer, special_ids: dict, documents: Iterable[tuple[str, str]], stage_dir: Path,
+               seq_len: int,
                heldout_fraction: float, rows_per_shard: int, unigram_counts: np.ndarray) -> dict:
     """Pack one stage into `stage_dir/train` and `stage_dir/heldout`; adds its train tokens to the counts."""
     ids = dict(bos_id=special_ids["bos_id"], eos_id=special_ids["eos_id"], pad_id=special_ids["pad_id"])
-    heldout_texts: list[str] = []
+    heldout_clusters: dict[str, list[str]] = {}
 
     def counted(rows):
         for row in rows:
@@ -61,22 +59,24 @@ def pack_stage(tokenizer: Tokenizer, special_ids: dict, texts: Iterable[str], st
             np.add(unigram_counts, np.bincount(real_tokens, minlength=len(unigram_counts)), out=unigram_counts)
             yield row
 
-    train_texts = split_heldout(texts, heldout_fraction, heldout_texts)
+    train_texts = split_heldout(documents, heldout_fraction, heldout_clusters)
     train_rows = counted(pack_documents(encode_documents(tokenizer, train_texts), seq_len, **ids))
     train = write_shards(train_rows, stage_dir / "train", rows_per_shard)
+    heldout_texts = [text for texts in heldout_clusters.values() for text in texts]
     heldout_rows = pack_documents(encode_documents(tokenizer, heldout_texts), seq_len, **ids)
     heldout = write_shards(heldout_rows, stage_dir / "heldout", rows_per_shard)
-    return {"train": train, "heldout": heldout, "heldout_documents": len(heldout_texts)}
+    return {"train": train, "heldout": heldout, "heldout_documents": len(heldout_texts),
+            "heldout_clusters": len(heldout_clusters)}
 
 
-def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_texts: dict[str, Iterable[str]],
+def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_documents: dict[str, Iterable[tuple[str, str]]],
                     out_dir: str | Path, seq_len: int, heldout_fraction: float, rows_per_shard: int) -> dict:
     """Pack every stage (in the given order) and write stages.json and the unigram counts."""
     out_dir = Path(out_dir)
     unigram_counts = np.zeros(tokenizer_config["vocab_size"], np.int64)
     stages = []
-    for name, texts in stage_texts.items():
-        counts = pack_stage(tokenizer, tokenizer_config, texts, out_dir / name, seq_len, heldout_fraction,
+    for name, documents in stage_documents.items():
+        counts = pack_stage(tokenizer, tokenizer_config, documents, out_dir / name, seq_len, heldout_fraction,
                             rows_per_shard, unigram_counts)
         stages.append({"name": name, "train_dir": f"{name}/train", "heldout_dir": f"{name}/heldout", **counts})
     np.save(out_dir / "unigram_counts.npy", unigram_counts)
@@ -88,15 +88,15 @@ def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_texts: d
 def run(ctx) -> dict:
     """The `pack` stage: every curriculum stage's documents as packed train and held-out shards."""
     from xgen_core.localize import local_directory, writable_directory
-    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
+    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_clustered
     from xgen_core.tokens.tokenizer import load_tokenizer
 
     settings = ctx.cfg.pack
     tokenizer, config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
     sources = curriculum_sources(ctx.inputs["mixture"], list(ctx.cfg.curriculum()))
-    stage_texts = {name: iter_stage_documents(uri) for name, uri in sources.items()}
+    stage_documents = {name: iter_stage_clustered(uri) for name, uri in sources.items()}
     with writable_directory(ctx.output) as directory:
-        packed = pack_curriculum(tokenizer, config, stage_texts, directory, settings.seq_len,
+        packed = pack_curriculum(tokenizer, config, stage_documents, directory, settings.seq_len,
                                  settings.heldout_fraction, settings.rows_per_shard)
     counts = {}
     for stage in packed["stages"]:

@@ -68,15 +68,16 @@ def load_tokenizer(directory: str | Path) -> tuple[Tokenizer, dict]:
 
 
 def run(ctx) -> dict:
-    """The `tokenizer` stage: BPE trained on every document the curriculum will see."""
+    """The `tokenizer` stage: BPE trained on the curriculum's training documents (held-out clusters excluded)."""
     import itertools
 
     from xgen_core.localize import writable_directory
-    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
+    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_clustered, training_texts
 
     settings = ctx.cfg.tokenizer
     sources = curriculum_sources(ctx.inputs["mixture"], list(ctx.cfg.curriculum())).values()
-    texts = itertools.chain.from_iterable(iter_stage_documents(uri, expand_repeats=False) for uri in sources)
+    documents = itertools.chain.from_iterable(iter_stage_clustered(uri, expand_repeats=False) for uri in sources)
+    texts = training_texts(documents, ctx.cfg.pack.heldout_fraction)
     if settings.max_documents:
         texts = itertools.islice(texts, settings.max_documents)
     counter = {"documents": 0}

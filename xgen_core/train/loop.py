@@ -66,7 +66,7 @@ def read_packed_stages(pack_dir: str) -> dict:
 
 def heldout_rows(pack_dir: str, packed: dict, count: int) -> dict[str, np.ndarray]:
     """The first `count` held-out rows, taken from the stages in turn: the same rows for the whole run."""
-    # A small stage may hold no held-out document (the split hashes texts): the others supply the rows.
+    # A small stage may hold no held-out cluster (the split hashes cluster ids): the others supply the rows.
     sources = [PackedRows(Path(pack_dir) / s["heldout_dir"]) for s in packed["stages"] if s["heldout"]["rows"]]
     rows, index = [], 0
     while len(rows) < count and any(index < len(s) for s in sources):
