@@ -6,7 +6,7 @@ import pytest
 from xgen_core.cli import main
 from xgen_core.config import available_profiles, load_config
 from xgen_core.errors import XgenError
-from xgen_core.train.schedule import curriculum_schedule, plan_stages, schedule_for, tokens_before_step
+from xgen_core.train.schedule import curriculum_schedule, plan_stages, tokens_before_step
 
 PEAK = 1e-3
 
@@ -51,10 +51,28 @@ def test_curriculum_must_have_four_stages():
         plan_stages([("a", 100, 8)], 2)
 
 
+def profile_schedule(cfg):
+    """What a pretraining run of the profile follows (spelled out here, not through `schedule_for`)."""
+    plans = plan_stages([(name, tokens, cfg.pack.seq_len) for name, tokens in cfg.curriculum().items()],
+                        cfg.train.batch_size)
+    train = cfg.train
+    return plans, curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
+
+
+def test_schedule_for_is_the_profile_schedule():
+    from xgen_core.train.schedule import schedule_for
+
+    cfg = load_config("tiny")
+    plans, schedule = schedule_for(cfg.curriculum(), cfg.pack.seq_len, cfg.train)
+    expected_plans, expected = profile_schedule(cfg)
+    assert plans == expected_plans
+    np.testing.assert_array_equal(schedule(np.arange(101)), expected(np.arange(101)))
+
+
 @pytest.mark.parametrize("profile", available_profiles())
 def test_every_shipped_profile_never_rises_after_warmup_and_ends_phases_at_their_ratios(profile):
     cfg = load_config(profile)
-    plans, schedule = schedule_for(cfg.curriculum(), cfg.pack.seq_len, cfg.train)
+    plans, schedule = profile_schedule(cfg)
     lr = np.asarray(schedule(np.arange(plans[-1].end_step + 1)))
     after_warmup = lr[plans[0].end_step - 1:]
     assert np.all(np.diff(after_warmup) <= 0), f"rises at step {plans[0].end_step - 1 + np.argmax(np.diff(after_warmup))}"
@@ -65,8 +83,7 @@ def test_every_shipped_profile_never_rises_after_warmup_and_ends_phases_at_their
 
 
 def test_paper_scale_token_counts_are_exact_integers():
-    cfg = load_config("xgen-small-4b")
-    plans, _ = schedule_for(cfg.curriculum(), cfg.pack.seq_len, cfg.train)
+    plans, _ = profile_schedule(load_config("xgen-small-4b"))
     tokens_per_step = 1024 * 4096
     assert tokens_before_step(plans, plans[2].start_step) == 2 * 715_256 * tokens_per_step  # > 2**31
     assert tokens_before_step(plans, plans[-1].end_step) == plans[-1].end_step * tokens_per_step
