@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -19,13 +20,14 @@ import numpy as np
 
 from xgen_core.config import ModelConfig, TrainConfig, TrainRunConfig
 from xgen_core.errors import XgenError
-from xgen_core.localize import CACHE_DIR, local_directory, upload_directory
+from xgen_core.localize import CACHE_DIR, upload_directory
 from xgen_core.model.decoder import Decoder
 from xgen_core.model.info import training_flops_per_token
 from xgen_core.model.presets import get_preset
 from xgen_core.storage import is_gcs, join, normalize_uri, store_for
-from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
-from xgen_core.tokens.packing import inputs_and_targets
+from xgen_core.tokens.loader import CurriculumLoader, PackedRows, ShardSet, StageData
+from xgen_core.tokens.packing import inputs_and_targets, row_fields
+from xgen_core.tokens.shards import STAGES_FILE, UNIGRAM_FILE
 from xgen_core.train import mesh as mesh_lib
 from xgen_core.train.checkpoint import Checkpointer
 from xgen_core.train.host import configure_cpu_training
@@ -37,9 +39,6 @@ from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_sche
 from xgen_core.train.step import (
     abstract_state, device_batch, init_state, make_eval_step, make_train_step, state_shardings,
 )
-
-STAGES_FILE = "stages.json"
-UNIGRAM_FILE = "unigram_counts.npy"
 
 
 def build_model(model_config: ModelConfig, tokenizer_vocab_size: int) -> Decoder:
@@ -57,30 +56,38 @@ def build_model(model_config: ModelConfig, tokenizer_vocab_size: int) -> Decoder
     )
 
 
-def read_packed_stages(pack_dir: str) -> dict:
-    path = Path(pack_dir) / STAGES_FILE
-    if not path.exists():
-        raise XgenError(f"no {STAGES_FILE} in {pack_dir}: run the pack stage first")
-    return json.loads(path.read_text())
+def read_packed_stages(pack_uri: str) -> dict:
+    uri = join(pack_uri, STAGES_FILE)
+    if not store_for(uri).exists(uri):
+        raise XgenError(f"no {STAGES_FILE} in {pack_uri}: run the pack stage first")
+    return json.loads(store_for(uri).read_text(uri))
 
 
-def heldout_rows(pack_dir: str, packed: dict, count: int) -> dict[str, np.ndarray]:
+def shard_set(pack_uri: str, packed: dict, stage: dict, split: str) -> ShardSet:
+    """The train or held-out shards of one packed stage, read straight from the pack artifact."""
+    return ShardSet(join(pack_uri, stage[f"{split}_dir"]), tuple(stage[split]["shard_rows"]),
+                    packed["bos_id"], packed["pad_id"])
+
+
+def heldout_rows(pack_uri: str, packed: dict, count: int) -> dict[str, np.ndarray]:
     """The first `count` held-out rows, taken from the stages in turn: the same rows for the whole run."""
     # A small stage may hold no held-out cluster (the split hashes cluster ids): the others supply the rows.
-    sources = [PackedRows(Path(pack_dir) / s["heldout_dir"]) for s in packed["stages"] if s["heldout"]["rows"]]
+    sources = [PackedRows(shard_set(pack_uri, packed, stage, "heldout"))
+               for stage in packed["stages"] if stage["heldout"]["rows"]]
     rows, index = [], 0
     while len(rows) < count and any(index < len(s) for s in sources):
         rows.extend(s[index] for s in sources if index < len(s))
         index += 1
     rows = rows[:count]
     if len(rows) < count:
-        raise XgenError(f"only {len(rows)} held-out rows in {pack_dir}, the evaluation needs {count}")
-    return {field: np.stack([row[field] for row in rows]) for field in rows[0]}
+        raise XgenError(f"only {len(rows)} held-out rows in {pack_uri}, the evaluation needs {count}")
+    return row_fields(np.stack(rows), packed["bos_id"], packed["pad_id"])
 
 
-def unigram_baseline_loss(pack_dir: str, rows: dict[str, np.ndarray]) -> float:
+def unigram_baseline_loss(pack_uri: str, rows: dict[str, np.ndarray]) -> float:
     """Cross-entropy (nats/token) of the held-out targets under the training data's unigram distribution."""
-    counts = np.load(Path(pack_dir) / UNIGRAM_FILE).astype(np.float64) + 1.0  # add-one: no zero probability
+    uri = join(pack_uri, UNIGRAM_FILE)
+    counts = np.load(io.BytesIO(store_for(uri).read_bytes(uri))).astype(np.float64) + 1.0  # add-one: no zero
     log_probs = np.log(counts / counts.sum())
     batch = inputs_and_targets(rows)
     weights = batch["weights"]
@@ -105,7 +112,7 @@ class Evaluator:
         return total / max(tokens, 1.0)
 
 
-def pretrain(pack_dir: str, out_uri: str, model_config: ModelConfig, train: TrainConfig, runtime: TrainRunConfig,
+def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: TrainConfig, runtime: TrainRunConfig,
              stage_tokens: dict[str, int], vocab_size: int, log=print, on_step=None) -> dict:
     """Train (or resume) up to the end of the curriculum, or to step `runtime.max_steps` if that comes first.
 
@@ -121,7 +128,8 @@ def pretrain(pack_dir: str, out_uri: str, model_config: ModelConfig, train: Trai
     mesh_lib.maybe_initialize_distributed(runtime.mesh.distributed)
     max_steps = runtime.max_steps
     out = local_run_directory(out_uri)
-    packed = read_packed_stages(pack_dir)
+    pack_uri = normalize_uri(pack_uri)
+    packed = read_packed_stages(pack_uri)
     seq_len = packed["seq_len"]
     plans = _plans(packed, stage_tokens, train.batch_size)
     checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), runtime.keep_checkpoints)
@@ -142,7 +150,7 @@ def pretrain(pack_dir: str, out_uri: str, model_config: ModelConfig, train: Trai
     shardings = state_shardings(model, tx, mesh)
     train_step = make_train_step(model, tx, schedule, mesh, shardings)
     loader = CurriculumLoader(
-        [StageData(p.name, str(Path(pack_dir) / _stage_entry(packed, p.name)["train_dir"]), p.start_step)
+        [StageData(p.name, shard_set(pack_uri, packed, _stage_entry(packed, p.name), "train"), p.start_step)
          for p in plans],
         batch_rows=train.batch_size // jax.process_count(), seed=train.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -153,9 +161,9 @@ def pretrain(pack_dir: str, out_uri: str, model_config: ModelConfig, train: Trai
     if start_step:
         log(f"resuming from the checkpoint of step {start_step}")
 
-    heldout = heldout_rows(pack_dir, packed, runtime.eval_batches * micro_batch)
+    heldout = heldout_rows(pack_uri, packed, runtime.eval_batches * micro_batch)
     evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
-    baseline = unigram_baseline_loss(pack_dir, heldout)
+    baseline = unigram_baseline_loss(pack_uri, heldout)
     plot_schedule(schedule, plans, str(out / "lr_schedule.png"))
     flops_per_token = training_flops_per_token(model.spec, seq_len)
     peak_flops, peak_source = device_peak_flops(runtime.peak_flops_per_device)
@@ -184,7 +192,8 @@ def pretrain(pack_dir: str, out_uri: str, model_config: ModelConfig, train: Trai
         if on_step:
             on_step(record)
         if (step + 1) % runtime.checkpoint_every == 0 or step + 1 == last_step:
-            checkpointer.save(step + 1, state, loader.get_state(), {"alarm": alarm.get_state()})
+            checkpointer.save(step + 1, state, loader.get_state(),
+                              {"alarm": alarm.get_state(), "process_count": jax.process_count()})
             writer.flush()
             sync_run_files(out, out_uri)
     checkpointer.close()
@@ -226,9 +235,9 @@ def run(ctx) -> dict:
     from xgen_core.tokens.tokenizer import load_tokenizer
 
     cfg = ctx.cfg
-    _, tokenizer_config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
+    _, tokenizer_config = load_tokenizer(ctx.inputs["tokenizer"])
     summary = pretrain(
-        str(local_directory(ctx.inputs["pack"])), ctx.output, cfg.model, cfg.train, cfg.train_run,
+        ctx.inputs["pack"], ctx.output, cfg.model, cfg.train, cfg.train_run,
         cfg.curriculum(), vocab_size=tokenizer_config["vocab_size"], log=ctx.log,
     )
     return {
@@ -268,6 +277,11 @@ def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader,
         return init_state(model, tx, mesh, shardings, train.seed), 0
     state_like = abstract_state(model, tx)
     state, data_state, meta = checkpointer.restore(latest, state_like, shardings)
+    hosts = meta.get("process_count", 1)
+    if hosts != jax.process_count():
+        # Each host reads its own shards, so the data position is per host: the mesh may change, the host count not.
+        raise XgenError(f"the checkpoint of step {latest} was written by {hosts} host(s), this run has "
+                        f"{jax.process_count()}: resume on as many hosts (the mesh shape and cadences may change)")
     loader.set_state(data_state)
     alarm.set_state(meta["alarm"])
     return state, latest
