@@ -1,8 +1,10 @@
 """A run killed (SIGKILL) at any step and started again resumes by itself with exactly the same losses."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,8 +62,15 @@ def test_killed_run_resumes_with_identical_losses(packed_dir, tmp_path, uninterr
 
 
 def test_finished_run_started_again_trains_no_further(packed_dir, tmp_path):
-    train(packed_dir, tmp_path)
+    messages = []
+    train(packed_dir, tmp_path, log=messages.append)
     first = read_metrics(tmp_path / "metrics.jsonl")
     summary = train(packed_dir, tmp_path)
     assert read_metrics(tmp_path / "metrics.jsonl") == first
     assert summary["last_step"] == STEPS
+    # The epochs of each stage's data the run used: rows drawn (steps x batch) over rows packed.
+    packed = json.loads((Path(packed_dir) / "stages.json").read_text())
+    assert sum(stage["steps_used"] for stage in summary["stages"]) == STEPS
+    for stage, entry in zip(summary["stages"], packed["stages"]):
+        assert stage["epochs_used"] == stage["steps_used"] * 4 / entry["train"]["rows"]
+    assert sum(m.startswith(f"{name}: ") and "packed rows" in m for m in messages for name in STAGE_TOKENS) == 4

@@ -168,6 +168,8 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     flops_per_token = training_flops_per_token(model.spec, seq_len)
     peak_flops, peak_source = device_peak_flops(runtime.peak_flops_per_device)
     writer = MetricsWriter(out, resume_after_step=start_step)
+    for stage in stage_epochs(plans, packed, train.batch_size, plans[-1].end_step):
+        log(describe_epochs(stage, train.batch_size))
     log(f"pretraining {model.spec.name}: steps {start_step}->{last_step} of {plans[-1].end_step}, "
         f"{jax.device_count()} device(s), unigram baseline {baseline:.3f}")
 
@@ -203,7 +205,7 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     summary = {
         "last_step": last_step, "total_steps": plans[-1].end_step, "heldout_loss": heldout_loss,
         "unigram_baseline_loss": baseline, "flops_per_token": flops_per_token, "peak_flops_per_device": peak_flops,
-        "peak_flops_source": peak_source, "stages": [dataclasses.asdict(p) for p in plans],
+        "peak_flops_source": peak_source, "stages": stage_epochs(plans, packed, train.batch_size, last_step),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_losses(read_metrics(out / "metrics.jsonl"), {p.name: p.start_step for p in plans}, str(out / "loss.png"))
@@ -243,7 +245,10 @@ def run(ctx) -> dict:
     return {
         "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
         "complete": summary["last_step"] >= summary["total_steps"],
-        "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+        "metrics": {
+            **{key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+            "epochs": {stage["name"]: stage["epochs_used"] for stage in summary["stages"]},
+        },
     }
 
 
@@ -265,6 +270,34 @@ def _plans(packed: dict, stage_tokens: dict[str, int], batch_size: int):
         raise XgenError(f"curriculum stages {missing} have no packed shards (packed: {packed_names})")
     budgets = [(name, int(tokens), packed["seq_len"]) for name, tokens in stage_tokens.items()]
     return plan_stages(budgets, batch_size)
+
+
+def stage_epochs(plans, packed: dict, batch_size: int, last_step: int) -> list[dict]:
+    """Per curriculum stage: its plan, what was packed, and how many passes over its training rows the run makes.
+
+    The mixture sizes a stage by estimated tokens (characters / chars_per_token) while the schedule sizes it by
+    the token budget, and the loader repeats a stage's rows endlessly: `epochs_used` > 1 means the run cycled the
+    stage's data, < 1 that it cut it. Rows drawn over rows packed, all hosts together.
+    """
+    stages = []
+    for plan in plans:
+        entry = _stage_entry(packed, plan.name)["train"]
+        steps_used = min(max(last_step - plan.start_step, 0), plan.steps)
+        stages.append({
+            **dataclasses.asdict(plan), "packed_rows": entry["rows"], "packed_tokens": entry["tokens"],
+            "steps_used": steps_used,
+            "epochs_planned": plan.steps * batch_size / entry["rows"],
+            "epochs_used": steps_used * batch_size / entry["rows"],
+        })
+    return stages
+
+
+def describe_epochs(stage: dict, batch_size: int) -> str:
+    epochs = stage["epochs_planned"]
+    verdict = (f"repeats its data {epochs:.2f} times" if epochs > 1
+               else f"reads {epochs:.0%} of its data" if epochs < 1 else "reads its data once")
+    return (f"{stage['name']}: {stage['steps']} steps x {batch_size} rows over {stage['packed_rows']} packed rows "
+            f"({stage['packed_tokens']:,} tokens; budget {stage['tokens']:,}): the curriculum {verdict}")
 
 
 def _stage_entry(packed: dict, name: str) -> dict:
