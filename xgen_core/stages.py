@@ -143,6 +143,7 @@ STAGES: tuple[Stage, ...] = (
         backend="python",
         resources="cpu",
         description="Byte-level BPE (102,400 tokens at paper scale) with BOS/EOS/pad and chat special tokens",
+        code_version=2,  # 2: learns from the training documents only (held-out clusters excluded)
     ),
     Stage(
         name="pack",
@@ -152,7 +153,8 @@ STAGES: tuple[Stage, ...] = (
         config_sections=("pack",),
         backend="python",
         resources="cpu",
-        description="Each curriculum stage tokenized and packed into fixed-length shards with segment ids",
+        description="Each curriculum stage tokenized and packed into fixed-length token shards, held out by cluster",
+        code_version=2,  # 2: uint32 token-only shards, held-out split by cluster_id, shard rows in stages.json
     ),
     Stage(
         name="pretrain",
