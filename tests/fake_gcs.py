@@ -65,14 +65,15 @@ class FakeBlob:
     def exists(self) -> bool:
         return self._key in self.bucket.client.objects
 
-    def download_as_bytes(self, if_generation_match: int | None = None) -> bytes:
+    def download_as_bytes(self, if_generation_match: int | None = None, start: int | None = None,
+                          end: int | None = None) -> bytes:
         with self.bucket.client.lock:
             found = self.bucket.client.objects.get(self._key)
             if found is None:
                 raise NotFound(self.name)
             if if_generation_match is not None and found[1] != int(if_generation_match):
                 raise PreconditionFailed(self.name)
-            return found[0]
+            return found[0][start or 0:None if end is None else end + 1]  # GCS's `end` is inclusive
 
     def upload_from_string(self, data: bytes, if_generation_match: int | None = None) -> None:
         client = self.bucket.client

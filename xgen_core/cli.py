@@ -214,5 +214,36 @@ EXTRA_COMMANDS[("model", "info")] = (
 )
 
 
+def _train_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--samples", type=int, default=256, help="evenly spaced (step, lr) samples in --json")
+    parser.add_argument("--json", action="store_true", help='{"phases": [...], "samples": [[step, lr], ...]}')
+
+
+def _train_schedule_command(args) -> None:
+    from xgen_core.config import load_config
+    from xgen_core.train.schedule import phase_table, schedule_for, schedule_samples
+
+    cfg = load_config(args.profile, args.overrides)
+    plans, schedule = schedule_for(cfg.curriculum(), cfg.pack.seq_len, cfg.train)
+    phases = phase_table(plans, schedule)
+    if args.json:
+        print(json.dumps({"phases": phases, "samples": schedule_samples(plans, schedule, args.samples)}))
+        return
+    print(f"{'phase':<11} {'curriculum stage':<18} {'start step':>11} {'end step':>11} {'tokens':>19} "
+          f"{'lr start':>10} {'lr end':>10}")
+    for phase in phases:
+        print(f"{phase['name']:<11} {phase['stage']:<18} {phase['start_step']:>11,} {phase['end_step']:>11,} "
+              f"{phase['tokens']:>19,} {phase['lr_start']:>10.3e} {phase['lr_end']:>10.3e}")
+    print(f"{plans[-1].end_step:,} steps of {cfg.train.batch_size} x {cfg.pack.seq_len} tokens")
+
+
+EXTRA_COMMANDS[("train", "schedule")] = (
+    "the LR schedule a pretraining run follows: one row per phase (curriculum stage, steps, tokens, LR)",
+    _train_schedule_arguments,
+    _train_schedule_command,
+)
+
+
 if __name__ == "__main__":
     main()

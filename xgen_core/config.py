@@ -170,6 +170,12 @@ class TrainConfig(Section):
     eps: float
     grad_clip: float
     seed: int
+
+
+class TrainRunConfig(Section):
+    """How a pretraining run executes: none of it changes the trained model, so none of it versions the artifact."""
+
+    max_steps: int | None
     checkpoint_every: int
     keep_checkpoints: int
     eval_every: int
@@ -178,10 +184,6 @@ class TrainConfig(Section):
     spike_warmup_steps: int
     peak_flops_per_device: float | None
     mesh: MeshConfig
-
-
-class TrainRunConfig(Section):
-    max_steps: int | None
 
 
 class XgenConfig(Section):

@@ -52,6 +52,9 @@ class Stage:
     # Works in place in its artifact directory and picks up where a killed or shorter run stopped
     # (training from checkpoints): no staging copy, always called, committed again when it returns.
     resumable: bool = False
+    # Config that says how the stage executes but not what it produces (mesh shape, checkpoint cadence):
+    # recorded in the manifest, never hashed into the version.
+    runtime_sections: tuple[str, ...] = ()
 
     @property
     def command(self) -> str:
@@ -140,10 +143,11 @@ STAGES: tuple[Stage, ...] = (
         group="train",
         fn="xgen_core.tokens.tokenizer:run",
         upstream=("mixture",),
-        config_sections=("tokenizer",),
+        config_sections=("tokenizer", "pack.heldout_fraction"),  # it learns from the training documents only
         backend="python",
         resources="cpu",
         description="Byte-level BPE (102,400 tokens at paper scale) with BOS/EOS/pad and chat special tokens",
+        code_version=2,  # 2: learns from the training documents only (held-out clusters excluded)
     ),
     Stage(
         name="pack",
@@ -153,7 +157,8 @@ STAGES: tuple[Stage, ...] = (
         config_sections=("pack",),
         backend="python",
         resources="cpu",
-        description="Each curriculum stage tokenized and packed into fixed-length shards with segment ids",
+        description="Each curriculum stage tokenized and packed into fixed-length token shards, held out by cluster",
+        code_version=2,  # 2: uint32 token-only shards, held-out split by cluster_id, shard rows in stages.json
     ),
     Stage(
         name="pretrain",
@@ -161,6 +166,7 @@ STAGES: tuple[Stage, ...] = (
         fn="xgen_core.train.loop:run",
         upstream=("tokenizer", "pack"),
         config_sections=("model", "train"),
+        runtime_sections=("train_run",),
         backend="jax",
         resources="tpu",
         description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
@@ -363,6 +369,7 @@ def _manifest(cfg: XgenConfig, resolved: Resolved, run_id: str, result: dict, st
         "version": resolved.version,
         "uri": resolved.uri,
         "config": {section: cfg.section_dump(section) for section in stage.config_sections},
+        "runtime": {section: cfg.section_dump(section) for section in stage.runtime_sections},
         "profile": cfg.profile,
         "inputs": resolved.inputs,
         "external_inputs": resolved.external_inputs,

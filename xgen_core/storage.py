@@ -75,6 +75,9 @@ class Store:
     def delete_matching(self, name_prefix: str) -> None: ...
     def publish(self, staging: str, final: str, marker: str, marker_data: bytes) -> bool: ...
     def open_read(self, uri: str) -> IO[bytes]: ...
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes from byte `start` (fewer at the end of the object)."""
+        ...
 
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
@@ -163,6 +166,10 @@ class LocalStore(Store):
 
     def open_read(self, uri: str) -> IO[bytes]:
         return open(normalize_uri(uri), "rb")
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        with open(normalize_uri(uri), "rb") as file:
+            return os.pread(file.fileno(), length, start)
 
     @staticmethod
     def _read_generation_unlocked(path: str) -> tuple[bytes, str] | None:
@@ -308,6 +315,10 @@ class GCSStore(Store):
     def open_read(self, uri: str) -> IO[bytes]:
         bucket, name = self._split(uri)
         return bucket.blob(name).open("rb")
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        bucket, name = self._split(uri)
+        return bucket.blob(name).download_as_bytes(start=start, end=start + length - 1)  # `end` is inclusive
 
     def _split(self, uri: str):
         rest = uri[len("gs://") :]

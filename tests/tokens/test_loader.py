@@ -3,20 +3,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xgen_core.tokens.corpus import iter_stage_documents
-from xgen_core.tokens.loader import CurriculumLoader, StageData
+from xgen_core.tokens.loader import CurriculumLoader, ShardSet, StageData
 from xgen_core.tokens.packing import pack_documents, write_shards
 
 
-def write_stage(directory, first_token, documents=40):
+def write_stage(directory, first_token, documents=40) -> ShardSet:
     docs = [[first_token + i] * (3 + i % 5) for i in range(documents)]
-    write_shards(pack_documents(docs, seq_len=7, bos_id=1, eos_id=2, pad_id=0), directory, rows_per_shard=8)
+    counts = write_shards(pack_documents(docs, seq_len=7, bos_id=1, eos_id=2, pad_id=0), str(directory),
+                          rows_per_shard=8, pad_id=0)
+    return ShardSet(str(directory), tuple(counts["shard_rows"]), bos_id=1, pad_id=0)
 
 
 def make_loader(tmp_path, seed=0, process_index=0, process_count=1):
-    if not (tmp_path / "a").exists():
-        write_stage(tmp_path / "a", 100)
-        write_stage(tmp_path / "b", 500)
-    stages = [StageData("a", str(tmp_path / "a"), 0), StageData("b", str(tmp_path / "b"), 3)]
+    shard_sets = [write_stage(tmp_path / "a", 100), write_stage(tmp_path / "b", 500)]
+    stages = [StageData("a", shard_sets[0], 0), StageData("b", shard_sets[1], 3)]
     return CurriculumLoader(stages, batch_rows=4, seed=seed, process_index=process_index,
                             process_count=process_count)
 

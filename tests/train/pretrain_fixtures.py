@@ -1,10 +1,9 @@
 """Shared pieces of the pretraining tests (a plain module so subprocesses can import it too)."""
 
-import dataclasses
-
-from xgen_core.train.loop import MeshOptions, ModelOptions, TrainOptions
+from xgen_core.config import MeshConfig, ModelConfig, TrainConfig, TrainRunConfig
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
+STAGE_TOKENS = {"stage1": 512, "stage2": 1024, "stage3": 1024, "stage4": 512}
 
 
 def synthetic_documents(count: int, offset: int = 0) -> list[str]:
@@ -19,16 +18,20 @@ def synthetic_documents(count: int, offset: int = 0) -> list[str]:
     return docs
 
 
-MICRO_MODEL = ModelOptions(preset="micro", attention_impl="auto", compute_dtype="float32",
-                           param_dtype="float32", remat=False, scan_layers=True)
+MICRO_MODEL = ModelConfig(preset="micro", attention_impl="auto", compute_dtype="float32",
+                          param_dtype="float32", remat=False, scan_layers=True)
 
 
-def micro_train_options(**changes) -> TrainOptions:
-    options = TrainOptions(
-        stage_tokens={"stage1": 512, "stage2": 1024, "stage3": 1024, "stage4": 512}, batch_size=4,
-        grad_accum_steps=2, peak_lr=3e-3, slow_decay_end_ratio=0.3, final_lr_ratio=0.0, weight_decay=0.1,
-        b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, seed=0, checkpoint_every=3, keep_checkpoints=2, eval_every=5,
-        eval_batches=2, spike_factor=3.0, spike_warmup_steps=5, peak_flops_per_device=1e11,
-        mesh=MeshOptions(data=1, fsdp=-1, tensor=1, distributed=False),
-    )
-    return dataclasses.replace(options, **changes)
+def micro_train(**changes) -> TrainConfig:
+    """The `train` section of the micro runs: what decides the trained model."""
+    settings = dict(batch_size=4, grad_accum_steps=2, peak_lr=3e-3, slow_decay_end_ratio=0.3, final_lr_ratio=0.0,
+                    weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, seed=0)
+    return TrainConfig(**{**settings, **changes})
+
+
+def micro_runtime(mesh: tuple[int, int, int] = (1, -1, 1), **changes) -> TrainRunConfig:
+    """The `train_run` section of the micro runs: how they execute."""
+    settings = dict(max_steps=None, checkpoint_every=3, keep_checkpoints=2, eval_every=5, eval_batches=2,
+                    spike_factor=3.0, spike_warmup_steps=5, peak_flops_per_device=1e11,
+                    mesh=MeshConfig(data=mesh[0], fsdp=mesh[1], tensor=mesh[2], distributed=False))
+    return TrainRunConfig(**{**settings, **changes})

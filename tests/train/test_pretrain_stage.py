@@ -14,7 +14,7 @@ from xgen_core.train.metrics import read_metrics
 OVERRIDES = [
     *SMALL_CORPUS, "tokenizer.vocab_size=512", "pack.seq_len=64", "pack.rows_per_shard=64",
     "pack.heldout_fraction=0.1", "model.preset=micro", "model.compute_dtype=float32", "train.batch_size=16",
-    "train.grad_accum_steps=4", "train.checkpoint_every=2", "train.eval_every=3", "train.eval_batches=1",
+    "train.grad_accum_steps=4", "train_run.checkpoint_every=2", "train_run.eval_every=3", "train_run.eval_batches=1",
     "mixture.stages=[{name: pl_heavy, tokens: 4096, pl_share: 0.6, min_quality_percentile: 0.0},"
     " {name: diverse, tokens: 8192, pl_share: 0.35, min_quality_percentile: 0.0},"
     " {name: sharpening, tokens: 8192, pl_share: 0.3, min_quality_percentile: 0.4},"

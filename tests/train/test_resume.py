@@ -1,35 +1,37 @@
 """A run killed (SIGKILL) at any step and started again resumes by itself with exactly the same losses."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from xgen_core.train.loop import pretrain
 from xgen_core.train.metrics import read_metrics
 
-from tests.train.pretrain_fixtures import MICRO_MODEL, micro_train_options
+from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runtime, micro_train
 
 STEPS = 10
 KILLED_RUN = r"""
 import os, signal, sys
 sys.path.insert(0, {repo_root!r})
-from tests.train.pretrain_fixtures import MICRO_MODEL, micro_train_options
+from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runtime, micro_train
 from xgen_core.train.loop import pretrain
 
 def kill_at(record):
     if record["step"] == {kill_step}:
         os.kill(os.getpid(), signal.SIGKILL)
 
-pretrain({packed_dir!r}, {out!r}, MICRO_MODEL, micro_train_options(), vocab_size=320, max_steps={steps},
-         log=lambda m: None, on_step=kill_at)
+pretrain({packed_dir!r}, {out!r}, MICRO_MODEL, micro_train(), micro_runtime(max_steps={steps}), STAGE_TOKENS,
+         vocab_size=320, log=lambda m: None, on_step=kill_at)
 """
 
 
 def train(packed_dir, out, log=lambda message: None):
-    return pretrain(packed_dir, str(out), MICRO_MODEL, micro_train_options(), vocab_size=320, max_steps=STEPS,
-                    log=log)
+    return pretrain(packed_dir, str(out), MICRO_MODEL, micro_train(), micro_runtime(max_steps=STEPS), STAGE_TOKENS,
+                    vocab_size=320, log=log)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,15 @@ def test_killed_run_resumes_with_identical_losses(packed_dir, tmp_path, uninterr
 
 
 def test_finished_run_started_again_trains_no_further(packed_dir, tmp_path):
-    train(packed_dir, tmp_path)
+    messages = []
+    train(packed_dir, tmp_path, log=messages.append)
     first = read_metrics(tmp_path / "metrics.jsonl")
     summary = train(packed_dir, tmp_path)
     assert read_metrics(tmp_path / "metrics.jsonl") == first
     assert summary["last_step"] == STEPS
+    # The epochs of each stage's data the run used: rows drawn (steps x batch) over rows packed.
+    packed = json.loads((Path(packed_dir) / "stages.json").read_text())
+    assert sum(stage["steps_used"] for stage in summary["stages"]) == STEPS
+    for stage, entry in zip(summary["stages"], packed["stages"]):
+        assert stage["epochs_used"] == stage["steps_used"] * 4 / entry["train"]["rows"]
+    assert sum(m.startswith(f"{name}: ") and "packed rows" in m for m in messages for name in STAGE_TOKENS) == 4

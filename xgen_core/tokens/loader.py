@@ -1,66 +1,109 @@
 """Deterministic, checkpointable batches from packed shards, switching curriculum stage by step.
 
-Each stage's rows are a Grain MapDataset (random access over memory-mapped shards) shuffled with a
-fixed seed, repeated and batched; the Grain iterator's state (a small dict) is what a checkpoint keeps.
-`CurriculumLoader.batch_for_step(step)` serves the stage that owns `step`, so the data mixture switches
-at exactly the step the learning-rate schedule changes phase.
+Each host reads only its own shards of a stage (shard i belongs to host i mod hosts), row by row with ranged
+reads straight from the store (local, file:// or gs://): nothing is copied to local disk first. A host's rows
+are a Grain MapDataset shuffled with a fixed seed, repeated and batched; segment ids and positions are derived
+from the token boundaries per batch (`packing.row_fields`). The Grain iterator's state (a small dict) is what a
+checkpoint keeps. `CurriculumLoader.batch_for_step(step)` serves the stage that owns `step`, so the data mixture
+switches at exactly the step the learning-rate schedule changes phase.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from pathlib import Path
+import io
+import threading
 
 import grain
 import numpy as np
 
 from xgen_core.errors import XgenError
-from xgen_core.tokens.packing import FIELDS, shard_name
+from xgen_core.storage import join, store_for
+from xgen_core.tokens.packing import row_fields, shard_name
+
+NPY_HEADER_BYTES = 4096  # enough for any header np.save writes for a 2-D array
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """One split of one curriculum stage: where its shards are and how many rows each holds (from stages.json)."""
+
+    uri: str
+    shard_rows: tuple[int, ...]
+    bos_id: int
+    pad_id: int
+
+    def shards_of(self, process_index: int, process_count: int) -> list[int]:
+        """The shards host `process_index` of `process_count` reads."""
+        if len(self.shard_rows) < process_count:
+            raise XgenError(f"{self.uri} holds {len(self.shard_rows)} shards, fewer than the {process_count} hosts "
+                            f"reading it: pack with a smaller pack.rows_per_shard")
+        return list(range(process_index, len(self.shard_rows), process_count))
+
+
+class _ShardFile:
+    """Rows of one .npy token shard, each fetched with one ranged read."""
+
+    def __init__(self, uri: str):
+        self.uri, self.store = uri, store_for(uri)
+        self._layout = None
+        self._lock = threading.Lock()
+
+    def layout(self) -> tuple[int, tuple[int, ...], np.dtype]:
+        with self._lock:
+            if self._layout is None:
+                head = io.BytesIO(self.store.read_range(self.uri, 0, NPY_HEADER_BYTES))
+                major, _ = np.lib.format.read_magic(head)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran_order, dtype = read_header(head)
+                if fortran_order or len(shape) != 2:
+                    raise XgenError(f"{self.uri}: not a C-ordered 2-D token shard")
+                self._layout = (head.tell(), shape, dtype)
+            return self._layout
+
+    def row(self, index: int) -> np.ndarray:
+        offset, shape, dtype = self.layout()
+        row_bytes = shape[1] * dtype.itemsize
+        data = self.store.read_range(self.uri, offset + index * row_bytes, row_bytes)
+        return np.frombuffer(data, dtype)
 
 
 class PackedRows:
-    """Random-access rows over one directory of shards (Grain's data source protocol)."""
+    """Random-access token rows of this host's shards of a set (Grain's data source protocol)."""
 
-    def __init__(self, directory: str | Path):
-        directory = Path(directory)
-        count = len(list(directory.glob("tokens-*.npy")))
-        if count == 0:
-            raise XgenError(f"no packed shards in {directory}")
-        self.shards = [
-            {field: np.load(directory / shard_name(field, i), mmap_mode="r") for field in FIELDS}
-            for i in range(count)
-        ]
-        self.starts = np.cumsum([0] + [len(s["tokens"]) for s in self.shards])
-        self.row_len = self.shards[0]["tokens"].shape[1]
+    def __init__(self, shards: ShardSet, process_index: int = 0, process_count: int = 1):
+        self.shard_set = shards
+        self.owned = shards.shards_of(process_index, process_count)
+        self.files = [_ShardFile(join(shards.uri, shard_name(i))) for i in self.owned]
+        self.starts = np.cumsum([0] + [shards.shard_rows[i] for i in self.owned])
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> np.ndarray:
         shard = bisect.bisect_right(self.starts, index) - 1
-        local = index - self.starts[shard]
-        return {field: np.asarray(self.shards[shard][field][local]) for field in FIELDS}
+        return self.files[shard].row(int(index - self.starts[shard]))
+
+    def fields(self, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return row_fields(np.stack(rows), self.shard_set.bos_id, self.shard_set.pad_id)
 
 
-def stacked(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {field: np.stack([row[field] for row in rows]) for field in FIELDS}
-
-
-def batched_rows(directory: str | Path, batch_rows: int, seed: int, process_index: int = 0,
+def batched_rows(shards: ShardSet, batch_rows: int, seed: int, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
-    """Endless shuffled batches of `batch_rows` rows; each process reads its own slice of the rows."""
-    rows = grain.MapDataset.source(PackedRows(directory))
-    rows = rows[process_index::process_count]
-    if len(rows) < batch_rows:
-        raise XgenError(f"{directory} holds {len(rows)} rows for this process, fewer than one batch ({batch_rows})")
-    return rows.shuffle(seed=seed).repeat().batch(batch_rows, drop_remainder=True, batch_fn=stacked).to_iter_dataset()
+    """Endless shuffled batches of `batch_rows` rows from this process's own shards."""
+    source = PackedRows(shards, process_index, process_count)
+    if len(source) < batch_rows:
+        raise XgenError(f"{shards.uri} holds {len(source)} rows for this process, fewer than one batch ({batch_rows})")
+    rows = grain.MapDataset.source(source)
+    return rows.shuffle(seed=seed).repeat().batch(batch_rows, drop_remainder=True,
+                                                  batch_fn=source.fields).to_iter_dataset()
 
 
 @dataclasses.dataclass(frozen=True)
 class StageData:
     name: str
-    directory: str
+    shards: ShardSet
     start_step: int
 
 
@@ -80,7 +123,7 @@ class CurriculumLoader:
 
     def _iterator(self, stage_index: int, stage: StageData) -> grain.DatasetIterator:
         if stage.name not in self._iterators:
-            dataset = batched_rows(stage.directory, self.batch_rows, self.seed + stage_index,
+            dataset = batched_rows(stage.shards, self.batch_rows, self.seed + stage_index,
                                    self.process_index, self.process_count)
             self._iterators[stage.name] = iter(dataset)
         return self._iterators[stage.name]

@@ -1,103 +1,131 @@
-"""Tokenize each curriculum stage's documents and pack them into train and held-out shards.
+"""Tokenize each curriculum stage's documents and pack them into train and held-out token shards.
 
-Output directory:
-    stages.json                       seq_len, tokenizer, and per stage: name, train_dir, heldout_dir, counts
+Output directory (local, file:// or gs://; shards are written straight to it):
+    stages.json                       seq_len, vocab size, BOS/EOS/pad ids, and per stage: name, train_dir,
+                                      heldout_dir, counts (rows, shards, tokens, rows of each shard)
     unigram_counts.npy                int64 (vocab,) training-token counts over all stages (loss baseline)
-    <stage>/train/*.npy, <stage>/heldout/*.npy
-A document is held out when a hash of its text says so, so a text that appears in several stages is held
-out in all of them and never trained on.
+    <stage>/train/tokens-*.npy, <stage>/heldout/tokens-*.npy
+A document is held out when a hash of its dedup cluster id says so: every near-duplicate variant of a cluster
+sits on the same side, and a cluster that appears in several stages is held out in all of them.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import io
 import json
-import zlib
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from xgen_core.tokens.packing import pack_documents, write_shards
+from xgen_core.storage import join, normalize_uri, store_for
+from xgen_core.tokens.corpus import is_heldout_cluster
+from xgen_core.tokens.packing import RowPacker, ShardWriter, with_boundaries
 
 ENCODE_BATCH_DOCS = 256
-HELDOUT_BUCKETS = 10_000
-
-
-def is_heldout(text: str, heldout_fraction: float) -> bool:
-    return zlib.crc32(text.encode("utf-8")) % HELDOUT_BUCKETS < heldout_fraction * HELDOUT_BUCKETS
+STAGES_FILE = "stages.json"
+UNIGRAM_FILE = "unigram_counts.npy"
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Iterable[str]) -> Iterator[list[int]]:
-    """Token ids per document, encoded in batches (the Rust tokenizer parallelises a batch)."""
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) == ENCODE_BATCH_DOCS:
+    """Token ids per document, encoded in batches (the Rust tokenizer parallelises a batch). A special token's
+    text inside a document ("<|bos|>") is encoded as plain text: only packing puts BOS, EOS and pad ids in rows."""
+    tokenizer.encode_special_tokens = True
+    try:
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == ENCODE_BATCH_DOCS:
+                yield from (encoding.ids for encoding in tokenizer.encode_batch(batch, add_special_tokens=False))
+                batch = []
+        if batch:
             yield from (encoding.ids for encoding in tokenizer.encode_batch(batch, add_special_tokens=False))
-            batch = []
-    if batch:
-        yield from (encoding.ids for encoding in tokenizer.encode_batch(batch, add_special_tokens=False))
+    finally:
+        tokenizer.encode_special_tokens = False
 
 
-def split_heldout(texts: Iterable[str], heldout_fraction: float, heldout: list[str]) -> Iterator[str]:
-    """Yield the training texts; append the held-out ones to `heldout`."""
-    for text in texts:
-        if is_heldout(text, heldout_fraction):
-            heldout.append(text)
-        else:
+def split_heldout(documents: Iterable[tuple[str, str]], heldout_fraction: float) -> Iterator[tuple[str, bool]]:
+    """(text, held out?) for (text, cluster id) documents; a held-out text only once (a mixture's repeats
+    upsample training data, not the evaluation)."""
+    heldout_seen: set[bytes] = set()
+    for text, cluster in documents:
+        if not is_heldout_cluster(cluster, heldout_fraction):
+            yield text, False
+            continue
+        digest = hashlib.sha1(text.encode("utf-8")).digest()
+        if digest not in heldout_seen:
+            heldout_seen.add(digest)
+            yield text, True
+
+
+def pack_stage(tokenizer: Tokenizer, special_ids: dict, documents: Iterable[tuple[str, str]], stage_uri: str,
+               seq_len: int, heldout_fraction: float, rows_per_shard: int, unigram_counts: np.ndarray) -> dict:
+    """Pack one stage into `stage_uri/train` and `stage_uri/heldout` in one pass; adds its train tokens to the
+    counts."""
+    bos, eos, pad = special_ids["bos_id"], special_ids["eos_id"], special_ids["pad_id"]
+    splits = {False: "train", True: "heldout"}
+    writers = {held: ShardWriter(join(stage_uri, name), rows_per_shard, pad) for held, name in splits.items()}
+    packers = {held: RowPacker(seq_len + 1, pad) for held in splits}
+    heldout_documents = 0
+
+    def write(held: bool, rows: Iterator[np.ndarray]) -> None:
+        for row in rows:
+            if not held:
+                real = row[row != pad].astype(np.int64)
+                np.add(unigram_counts, np.bincount(real, minlength=len(unigram_counts)), out=unigram_counts)
+            writers[held].add(row)
+
+    routed = split_heldout(documents, heldout_fraction)
+    flags: collections.deque[bool] = collections.deque()  # the split of each text handed to the encoder
+
+    def texts():
+        for text, held in routed:
+            flags.append(held)
             yield text
 
-
-def pack_stage(tokenizer: Tokenizer, special_ids: dict, texts: Iterable[str], stage_dir: Path, seq_len: int,
-               heldout_fraction: float, rows_per_shard: int, unigram_counts: np.ndarray) -> dict:
-    """Pack one stage into `stage_dir/train` and `stage_dir/heldout`; adds its train tokens to the counts."""
-    ids = dict(bos_id=special_ids["bos_id"], eos_id=special_ids["eos_id"], pad_id=special_ids["pad_id"])
-    heldout_texts: list[str] = []
-
-    def counted(rows):
-        for row in rows:
-            real_tokens = row["tokens"][row["segment_ids"] > 0]
-            np.add(unigram_counts, np.bincount(real_tokens, minlength=len(unigram_counts)), out=unigram_counts)
-            yield row
-
-    train_texts = split_heldout(texts, heldout_fraction, heldout_texts)
-    train_rows = counted(pack_documents(encode_documents(tokenizer, train_texts), seq_len, **ids))
-    train = write_shards(train_rows, stage_dir / "train", rows_per_shard)
-    heldout_rows = pack_documents(encode_documents(tokenizer, heldout_texts), seq_len, **ids)
-    heldout = write_shards(heldout_rows, stage_dir / "heldout", rows_per_shard)
-    return {"train": train, "heldout": heldout, "heldout_documents": len(heldout_texts)}
+    for ids in encode_documents(tokenizer, texts()):
+        held = flags.popleft()
+        heldout_documents += held
+        write(held, packers[held].add(with_boundaries(ids, bos, eos)))
+    for held in splits:
+        write(held, packers[held].flush())
+    counts = {name: writers[held].close() for held, name in splits.items()}
+    return {**counts, "heldout_documents": heldout_documents}
 
 
-def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_texts: dict[str, Iterable[str]],
-                    out_dir: str | Path, seq_len: int, heldout_fraction: float, rows_per_shard: int) -> dict:
+def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_documents: dict[str, Iterable[tuple[str, str]]],
+                    out_uri: str, seq_len: int, heldout_fraction: float, rows_per_shard: int) -> dict:
     """Pack every stage (in the given order) and write stages.json and the unigram counts."""
-    out_dir = Path(out_dir)
+    out_uri = normalize_uri(str(out_uri))
+    store = store_for(out_uri)
     unigram_counts = np.zeros(tokenizer_config["vocab_size"], np.int64)
     stages = []
-    for name, texts in stage_texts.items():
-        counts = pack_stage(tokenizer, tokenizer_config, texts, out_dir / name, seq_len, heldout_fraction,
+    for name, documents in stage_documents.items():
+        counts = pack_stage(tokenizer, tokenizer_config, documents, join(out_uri, name), seq_len, heldout_fraction,
                             rows_per_shard, unigram_counts)
         stages.append({"name": name, "train_dir": f"{name}/train", "heldout_dir": f"{name}/heldout", **counts})
-    np.save(out_dir / "unigram_counts.npy", unigram_counts)
-    packed = {"seq_len": seq_len, "vocab_size": tokenizer_config["vocab_size"], "stages": stages}
-    (out_dir / "stages.json").write_text(json.dumps(packed, indent=2))
+    buffer = io.BytesIO()
+    np.save(buffer, unigram_counts)
+    store.write_bytes(join(out_uri, UNIGRAM_FILE), buffer.getvalue())
+    packed = {"seq_len": seq_len, "vocab_size": tokenizer_config["vocab_size"],
+              **{key: tokenizer_config[key] for key in ("bos_id", "eos_id", "pad_id")}, "stages": stages}
+    store.write_text(join(out_uri, STAGES_FILE), json.dumps(packed, indent=2))
     return packed
 
 
 def run(ctx) -> dict:
     """The `pack` stage: every curriculum stage's documents as packed train and held-out shards."""
-    from xgen_core.localize import local_directory, writable_directory
-    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
+    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_clustered
     from xgen_core.tokens.tokenizer import load_tokenizer
 
     settings = ctx.cfg.pack
-    tokenizer, config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
+    tokenizer, config = load_tokenizer(ctx.inputs["tokenizer"])
     sources = curriculum_sources(ctx.inputs["mixture"], list(ctx.cfg.curriculum()))
-    stage_texts = {name: iter_stage_documents(uri) for name, uri in sources.items()}
-    with writable_directory(ctx.output) as directory:
-        packed = pack_curriculum(tokenizer, config, stage_texts, directory, settings.seq_len,
-                                 settings.heldout_fraction, settings.rows_per_shard)
+    stage_documents = {name: iter_stage_clustered(uri) for name, uri in sources.items()}
+    packed = pack_curriculum(tokenizer, config, stage_documents, ctx.output, settings.seq_len,
+                             settings.heldout_fraction, settings.rows_per_shard)
     counts = {}
     for stage in packed["stages"]:
         counts[f"{stage['name']}_train_rows"] = stage["train"]["rows"]

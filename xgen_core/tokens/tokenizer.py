@@ -59,24 +59,29 @@ def save_tokenizer(tokenizer: Tokenizer, config: dict, directory: str | Path) ->
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def load_tokenizer(directory: str | Path) -> tuple[Tokenizer, dict]:
-    directory = Path(directory)
-    if not (directory / TOKENIZER_FILE).exists():
-        raise XgenError(f"no {TOKENIZER_FILE} in {directory}: run the tokenizer stage first")
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    return Tokenizer.from_file(str(directory / TOKENIZER_FILE)), config
+def load_tokenizer(uri: str | Path) -> tuple[Tokenizer, dict]:
+    """The tokenizer saved in `uri` (local path, file:// or gs://), read straight from the store."""
+    from xgen_core.storage import join, normalize_uri, store_for
+
+    uri = normalize_uri(str(uri))
+    store = store_for(uri)
+    if not store.exists(join(uri, TOKENIZER_FILE)):
+        raise XgenError(f"no {TOKENIZER_FILE} in {uri}: run the tokenizer stage first")
+    config = json.loads(store.read_text(join(uri, CONFIG_FILE)))
+    return Tokenizer.from_str(store.read_text(join(uri, TOKENIZER_FILE))), config
 
 
 def run(ctx) -> dict:
-    """The `tokenizer` stage: BPE trained on every document the curriculum will see."""
+    """The `tokenizer` stage: BPE trained on the curriculum's training documents (held-out clusters excluded)."""
     import itertools
 
     from xgen_core.localize import writable_directory
-    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_documents
+    from xgen_core.tokens.corpus import curriculum_sources, iter_stage_clustered, training_texts
 
     settings = ctx.cfg.tokenizer
     sources = curriculum_sources(ctx.inputs["mixture"], list(ctx.cfg.curriculum())).values()
-    texts = itertools.chain.from_iterable(iter_stage_documents(uri, expand_repeats=False) for uri in sources)
+    documents = itertools.chain.from_iterable(iter_stage_clustered(uri, expand_repeats=False) for uri in sources)
+    texts = training_texts(documents, ctx.cfg.pack.heldout_fraction)
     if settings.max_documents:
         texts = itertools.islice(texts, settings.max_documents)
     counter = {"documents": 0}

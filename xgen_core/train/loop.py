@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -17,14 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xgen_core.config import ModelConfig, TrainConfig, TrainRunConfig
 from xgen_core.errors import XgenError
-from xgen_core.localize import CACHE_DIR, local_directory, upload_directory
+from xgen_core.localize import CACHE_DIR, upload_directory
 from xgen_core.model.decoder import Decoder
 from xgen_core.model.info import training_flops_per_token
 from xgen_core.model.presets import get_preset
 from xgen_core.storage import is_gcs, join, normalize_uri, store_for
-from xgen_core.tokens.loader import CurriculumLoader, PackedRows, StageData
-from xgen_core.tokens.packing import inputs_and_targets
+from xgen_core.tokens.loader import CurriculumLoader, PackedRows, ShardSet, StageData
+from xgen_core.tokens.packing import inputs_and_targets, row_fields
+from xgen_core.tokens.shards import STAGES_FILE, UNIGRAM_FILE
 from xgen_core.train import mesh as mesh_lib
 from xgen_core.train.checkpoint import Checkpointer
 from xgen_core.train.host import configure_cpu_training
@@ -32,96 +35,59 @@ from xgen_core.train.metrics import (
     LossSpikeAlarm, MetricsWriter, device_peak_flops, plot_losses, read_metrics,
 )
 from xgen_core.train.optimizer import make_optimizer
-from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule
+from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule, tokens_before_step
 from xgen_core.train.step import (
     abstract_state, device_batch, init_state, make_eval_step, make_train_step, state_shardings,
 )
 
-STAGES_FILE = "stages.json"
-UNIGRAM_FILE = "unigram_counts.npy"
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelOptions:
-    preset: str
-    attention_impl: str
-    compute_dtype: str
-    param_dtype: str
-    remat: bool
-    scan_layers: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshOptions:
-    data: int
-    fsdp: int
-    tensor: int
-    distributed: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainOptions:
-    stage_tokens: dict  # curriculum stage name -> token budget, in curriculum order
-    batch_size: int  # sequences per optimizer step (all hosts, all micro-batches)
-    grad_accum_steps: int
-    peak_lr: float
-    slow_decay_end_ratio: float
-    final_lr_ratio: float
-    weight_decay: float
-    b1: float
-    b2: float
-    eps: float
-    grad_clip: float
-    seed: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    eval_every: int
-    eval_batches: int
-    spike_factor: float
-    spike_warmup_steps: int
-    peak_flops_per_device: float | None
-    mesh: MeshOptions
-
-
-def build_model(options: ModelOptions, tokenizer_vocab_size: int) -> Decoder:
-    spec = get_preset(options.preset)
+def build_model(model_config: ModelConfig, tokenizer_vocab_size: int) -> Decoder:
+    spec = get_preset(model_config.preset)
     if tokenizer_vocab_size > spec.vocab_size:
         raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
                         f"embedding rows of model preset {spec.name}")
     return Decoder(
         spec,
-        attention_impl=options.attention_impl,
-        compute_dtype=jnp.dtype(options.compute_dtype),
-        param_dtype=jnp.dtype(options.param_dtype),
-        remat=options.remat,
-        scan_layers=options.scan_layers,
+        attention_impl=model_config.attention_impl,
+        compute_dtype=jnp.dtype(model_config.compute_dtype),
+        param_dtype=jnp.dtype(model_config.param_dtype),
+        remat=model_config.remat,
+        scan_layers=model_config.scan_layers,
     )
 
 
-def read_packed_stages(pack_dir: str) -> dict:
-    path = Path(pack_dir) / STAGES_FILE
-    if not path.exists():
-        raise XgenError(f"no {STAGES_FILE} in {pack_dir}: run the pack stage first")
-    return json.loads(path.read_text())
+def read_packed_stages(pack_uri: str) -> dict:
+    uri = join(pack_uri, STAGES_FILE)
+    if not store_for(uri).exists(uri):
+        raise XgenError(f"no {STAGES_FILE} in {pack_uri}: run the pack stage first")
+    return json.loads(store_for(uri).read_text(uri))
 
 
-def heldout_rows(pack_dir: str, packed: dict, count: int) -> dict[str, np.ndarray]:
+def shard_set(pack_uri: str, packed: dict, stage: dict, split: str) -> ShardSet:
+    """The train or held-out shards of one packed stage, read straight from the pack artifact."""
+    return ShardSet(join(pack_uri, stage[f"{split}_dir"]), tuple(stage[split]["shard_rows"]),
+                    packed["bos_id"], packed["pad_id"])
+
+
+def heldout_rows(pack_uri: str, packed: dict, count: int) -> dict[str, np.ndarray]:
     """The first `count` held-out rows, taken from the stages in turn: the same rows for the whole run."""
-    # A small stage may hold no held-out document (the split hashes texts): the others supply the rows.
-    sources = [PackedRows(Path(pack_dir) / s["heldout_dir"]) for s in packed["stages"] if s["heldout"]["rows"]]
+    # A small stage may hold no held-out cluster (the split hashes cluster ids): the others supply the rows.
+    sources = [PackedRows(shard_set(pack_uri, packed, stage, "heldout"))
+               for stage in packed["stages"] if stage["heldout"]["rows"]]
     rows, index = [], 0
     while len(rows) < count and any(index < len(s) for s in sources):
         rows.extend(s[index] for s in sources if index < len(s))
         index += 1
     rows = rows[:count]
     if len(rows) < count:
-        raise XgenError(f"only {len(rows)} held-out rows in {pack_dir}, the evaluation needs {count}")
-    return {field: np.stack([row[field] for row in rows]) for field in rows[0]}
+        raise XgenError(f"only {len(rows)} held-out rows in {pack_uri}, the evaluation needs {count}")
+    return row_fields(np.stack(rows), packed["bos_id"], packed["pad_id"])
 
 
-def unigram_baseline_loss(pack_dir: str, rows: dict[str, np.ndarray]) -> float:
+def unigram_baseline_loss(pack_uri: str, rows: dict[str, np.ndarray]) -> float:
     """Cross-entropy (nats/token) of the held-out targets under the training data's unigram distribution."""
-    counts = np.load(Path(pack_dir) / UNIGRAM_FILE).astype(np.float64) + 1.0  # add-one: no zero probability
+    uri = join(pack_uri, UNIGRAM_FILE)
+    counts = np.load(io.BytesIO(store_for(uri).read_bytes(uri))).astype(np.float64) + 1.0  # add-one: no zero
     log_probs = np.log(counts / counts.sum())
     batch = inputs_and_targets(rows)
     weights = batch["weights"]
@@ -146,63 +112,71 @@ class Evaluator:
         return total / max(tokens, 1.0)
 
 
-def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: TrainOptions,
-             vocab_size: int, max_steps: int | None = None, log=print, on_step=None) -> dict:
-    """Train (or resume) up to the end of the curriculum, or to step `max_steps` if that comes first.
+def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: TrainConfig, runtime: TrainRunConfig,
+             stage_tokens: dict[str, int], vocab_size: int, log=print, on_step=None) -> dict:
+    """Train (or resume) up to the end of the curriculum, or to step `runtime.max_steps` if that comes first.
+
+    `train` (the `train` section) decides the trained model; `runtime` (`train_run`: mesh, cadences, the
+    spike alarm, peak FLOP/s) only how the run executes, so a run resumed with another mesh or cadence
+    continues the same training. `stage_tokens` is the curriculum (stage name -> token budget, in order).
 
     Checkpoints go to `out_uri`/checkpoints (local or gs://); metrics.jsonl, TensorBoard events, the LR
     plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
     `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
     """
     configure_cpu_training()  # a no-op when the stage runner did it before importing JAX
-    mesh_lib.maybe_initialize_distributed(options.mesh.distributed)
+    mesh_lib.maybe_initialize_distributed(runtime.mesh.distributed)
+    max_steps = runtime.max_steps
     out = local_run_directory(out_uri)
-    packed = read_packed_stages(pack_dir)
+    pack_uri = normalize_uri(pack_uri)
+    packed = read_packed_stages(pack_uri)
     seq_len = packed["seq_len"]
-    plans = _plans(packed, options)
-    checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), options.keep_checkpoints)
+    plans = _plans(packed, stage_tokens, train.batch_size)
+    checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), runtime.keep_checkpoints)
     last_step = min(plans[-1].end_step, max_steps) if max_steps else plans[-1].end_step
     if (checkpointer.latest_step() or 0) >= last_step and (out / "summary.json").exists():
         log(f"already trained to step {checkpointer.latest_step()}: nothing to do")
         checkpointer.close()
         return json.loads((out / "summary.json").read_text())
-    micro_batch = options.batch_size // options.grad_accum_steps
-    if options.batch_size % (options.grad_accum_steps * jax.process_count()):
+    micro_batch = train.batch_size // train.grad_accum_steps
+    if train.batch_size % (train.grad_accum_steps * jax.process_count()):
         raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
 
-    model = build_model(model_options, vocab_size)
-    schedule = curriculum_schedule(plans, options.peak_lr, options.slow_decay_end_ratio, options.final_lr_ratio)
-    tx = make_optimizer(schedule, b1=options.b1, b2=options.b2, eps=options.eps,
-                        weight_decay=options.weight_decay, grad_clip=options.grad_clip)
-    mesh = mesh_lib.make_mesh(options.mesh.data, options.mesh.fsdp, options.mesh.tensor)
+    model = build_model(model_config, vocab_size)
+    schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
+    tx = make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
+                        weight_decay=train.weight_decay, grad_clip=train.grad_clip)
+    mesh = mesh_lib.make_mesh(runtime.mesh.data, runtime.mesh.fsdp, runtime.mesh.tensor)
     shardings = state_shardings(model, tx, mesh)
     train_step = make_train_step(model, tx, schedule, mesh, shardings)
     loader = CurriculumLoader(
-        [StageData(p.name, str(Path(pack_dir) / _stage_entry(packed, p.name)["train_dir"]), p.start_step)
+        [StageData(p.name, shard_set(pack_uri, packed, _stage_entry(packed, p.name), "train"), p.start_step)
          for p in plans],
-        batch_rows=options.batch_size // jax.process_count(), seed=options.seed,
+        batch_rows=train.batch_size // jax.process_count(), seed=train.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
-    alarm = LossSpikeAlarm(options.spike_factor, options.spike_warmup_steps)
+    alarm = LossSpikeAlarm(runtime.spike_factor, runtime.spike_warmup_steps)
 
-    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options)
+    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train)
     if start_step:
         log(f"resuming from the checkpoint of step {start_step}")
 
-    heldout = heldout_rows(pack_dir, packed, options.eval_batches * micro_batch)
+    heldout = heldout_rows(pack_uri, packed, runtime.eval_batches * micro_batch)
     evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
-    baseline = unigram_baseline_loss(pack_dir, heldout)
+    baseline = unigram_baseline_loss(pack_uri, heldout)
     plot_schedule(schedule, plans, str(out / "lr_schedule.png"))
     flops_per_token = training_flops_per_token(model.spec, seq_len)
-    peak_flops, peak_source = device_peak_flops(options.peak_flops_per_device)
+    peak_flops, peak_source = device_peak_flops(runtime.peak_flops_per_device)
     writer = MetricsWriter(out, resume_after_step=start_step)
+    for stage in stage_epochs(plans, packed, train.batch_size, plans[-1].end_step):
+        log(describe_epochs(stage, train.batch_size))
     log(f"pretraining {model.spec.name}: steps {start_step}->{last_step} of {plans[-1].end_step}, "
         f"{jax.device_count()} device(s), unigram baseline {baseline:.3f}")
 
     heldout_loss = None
     for step in range(start_step, last_step):
         stage, rows = loader.batch_for_step(step)
-        rows = {k: v.reshape(options.grad_accum_steps, -1, *v.shape[1:]) for k, v in rows.items()}
+        rows = {k: v.reshape(train.grad_accum_steps, -1, *v.shape[1:]) for k, v in rows.items()}
         started = time.perf_counter()
         state, metrics = train_step(state, device_batch(rows, mesh, batch_axis=1))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -211,7 +185,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
         record["loss_spike"] = alarm.update(metrics["loss"])
         if record["loss_spike"]:
             log(f"LOSS SPIKE at step {step + 1}: {metrics['loss']:.4f} (average {alarm.average:.4f})")
-        if (step + 1) % options.eval_every == 0 or step + 1 == last_step:
+        if (step + 1) % runtime.eval_every == 0 or step + 1 == last_step:
             heldout_loss = record["heldout_loss"] = evaluator.loss(state.params)
             log(f"step {step + 1}/{last_step} ({stage.name}): loss {record['loss']:.3f}, held-out "
                 f"{heldout_loss:.3f} (unigram {baseline:.3f}), lr {record['lr']:.2e}, "
@@ -219,8 +193,9 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
         writer.write(record)
         if on_step:
             on_step(record)
-        if (step + 1) % options.checkpoint_every == 0 or step + 1 == last_step:
-            checkpointer.save(step + 1, state, loader.get_state(), {"alarm": alarm.get_state()})
+        if (step + 1) % runtime.checkpoint_every == 0 or step + 1 == last_step:
+            checkpointer.save(step + 1, state, loader.get_state(),
+                              {"alarm": alarm.get_state(), "process_count": jax.process_count()})
             writer.flush()
             sync_run_files(out, out_uri)
     checkpointer.close()
@@ -230,7 +205,7 @@ def pretrain(pack_dir: str, out_uri: str, model_options: ModelOptions, options: 
     summary = {
         "last_step": last_step, "total_steps": plans[-1].end_step, "heldout_loss": heldout_loss,
         "unigram_baseline_loss": baseline, "flops_per_token": flops_per_token, "peak_flops_per_device": peak_flops,
-        "peak_flops_source": peak_source, "stages": [dataclasses.asdict(p) for p in plans],
+        "peak_flops_source": peak_source, "stages": stage_epochs(plans, packed, train.batch_size, last_step),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_losses(read_metrics(out / "metrics.jsonl"), {p.name: p.start_step for p in plans}, str(out / "loss.png"))
@@ -257,27 +232,23 @@ def sync_run_files(local: Path, out_uri: str) -> None:
         upload_directory(local, out_uri)
 
 
-def options_from_config(cfg) -> tuple[ModelOptions, TrainOptions]:
-    train = cfg.train.model_dump()
-    train["mesh"] = MeshOptions(**train["mesh"])
-    train["stage_tokens"] = cfg.curriculum()
-    return ModelOptions(**cfg.model.model_dump()), TrainOptions(**train)
-
-
 def run(ctx) -> dict:
     """The `pretrain` stage: resumes in its artifact directory from the latest checkpoint."""
     from xgen_core.tokens.tokenizer import load_tokenizer
 
-    model_options, train_options = options_from_config(ctx.cfg)
-    _, tokenizer_config = load_tokenizer(local_directory(ctx.inputs["tokenizer"]))
+    cfg = ctx.cfg
+    _, tokenizer_config = load_tokenizer(ctx.inputs["tokenizer"])
     summary = pretrain(
-        str(local_directory(ctx.inputs["pack"])), ctx.output, model_options, train_options,
-        vocab_size=tokenizer_config["vocab_size"], max_steps=ctx.cfg.train_run.max_steps, log=ctx.log,
+        ctx.inputs["pack"], ctx.output, cfg.model, cfg.train, cfg.train_run,
+        cfg.curriculum(), vocab_size=tokenizer_config["vocab_size"], log=ctx.log,
     )
     return {
         "counts": {"steps": summary["last_step"], "curriculum_steps": summary["total_steps"]},
         "complete": summary["last_step"] >= summary["total_steps"],
-        "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+        "metrics": {
+            **{key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")},
+            "epochs": {stage["name"]: stage["epochs_used"] for stage in summary["stages"]},
+        },
     }
 
 
@@ -286,35 +257,64 @@ def _step_record(step: int, stage_name: str, plans, metrics: dict, seconds: floa
     """One line of metrics.jsonl: the step's metrics plus tokens so far, throughput and MFU."""
     tokens_per_step = next(p.tokens_per_step for p in plans if p.name == stage_name)
     return {
-        "step": step, "stage": stage_name, "tokens": int(_tokens_after(plans, step)), **metrics,
+        "step": step, "stage": stage_name, "tokens": tokens_before_step(plans, step), **metrics,
         "step_seconds": seconds, "tokens_per_s": tokens_per_step / seconds,
         "mfu": tokens_per_step * flops_per_token / seconds / (peak_flops * jax.device_count()),
     }
 
 
-def _plans(packed: dict, options: TrainOptions):
+def _plans(packed: dict, stage_tokens: dict[str, int], batch_size: int):
     packed_names = [s["name"] for s in packed["stages"]]
-    missing = [name for name in options.stage_tokens if name not in packed_names]
+    missing = [name for name in stage_tokens if name not in packed_names]
     if missing:
         raise XgenError(f"curriculum stages {missing} have no packed shards (packed: {packed_names})")
-    budgets = [(name, int(tokens), packed["seq_len"]) for name, tokens in options.stage_tokens.items()]
-    return plan_stages(budgets, options.batch_size)
+    budgets = [(name, int(tokens), packed["seq_len"]) for name, tokens in stage_tokens.items()]
+    return plan_stages(budgets, batch_size)
+
+
+def stage_epochs(plans, packed: dict, batch_size: int, last_step: int) -> list[dict]:
+    """Per curriculum stage: its plan, what was packed, and how many passes over its training rows the run makes.
+
+    The mixture sizes a stage by estimated tokens (characters / chars_per_token) while the schedule sizes it by
+    the token budget, and the loader repeats a stage's rows endlessly: `epochs_used` > 1 means the run cycled the
+    stage's data, < 1 that it cut it. Rows drawn over rows packed, all hosts together.
+    """
+    stages = []
+    for plan in plans:
+        entry = _stage_entry(packed, plan.name)["train"]
+        steps_used = min(max(last_step - plan.start_step, 0), plan.steps)
+        stages.append({
+            **dataclasses.asdict(plan), "packed_rows": entry["rows"], "packed_tokens": entry["tokens"],
+            "steps_used": steps_used,
+            "epochs_planned": plan.steps * batch_size / entry["rows"],
+            "epochs_used": steps_used * batch_size / entry["rows"],
+        })
+    return stages
+
+
+def describe_epochs(stage: dict, batch_size: int) -> str:
+    epochs = stage["epochs_planned"]
+    verdict = (f"repeats its data {epochs:.2f} times" if epochs > 1
+               else f"reads {epochs:.0%} of its data" if epochs < 1 else "reads its data once")
+    return (f"{stage['name']}: {stage['steps']} steps x {batch_size} rows over {stage['packed_rows']} packed rows "
+            f"({stage['packed_tokens']:,} tokens; budget {stage['tokens']:,}): the curriculum {verdict}")
 
 
 def _stage_entry(packed: dict, name: str) -> dict:
     return next(s for s in packed["stages"] if s["name"] == name)
 
 
-def _tokens_after(plans, steps: int) -> int:
-    return sum(min(max(steps - p.start_step, 0), p.steps) * p.tokens_per_step for p in plans)
-
-
-def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, options):
+def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train):
     latest = checkpointer.latest_step()
     if latest is None:
-        return init_state(model, tx, mesh, shardings, options.seed), 0
+        return init_state(model, tx, mesh, shardings, train.seed), 0
     state_like = abstract_state(model, tx)
     state, data_state, meta = checkpointer.restore(latest, state_like, shardings)
+    hosts = meta.get("process_count", 1)
+    if hosts != jax.process_count():
+        # Each host reads its own shards, so the data position is per host: the mesh may change, the host count not.
+        raise XgenError(f"the checkpoint of step {latest} was written by {hosts} host(s), this run has "
+                        f"{jax.process_count()}: resume on as many hosts (the mesh shape and cadences may change)")
     loader.set_state(data_state)
     alarm.set_state(meta["alarm"])
     return state, latest

@@ -133,6 +133,17 @@ def plot_losses(records: list[dict], stage_starts: dict[str, int], path: str) ->
     plt.close(figure)
 
 
+def epochs_table(stages: list[dict]) -> list[str]:
+    """How much of each curriculum stage's packed data the run used (> 1 epoch: cycled; < 1: cut)."""
+    lines = ["| curriculum stage | steps trained / planned | token budget | packed tokens | packed rows "
+             "| epochs used | epochs planned |", "|---|---|---|---|---|---|---|"]
+    for stage in stages:
+        lines.append(f"| {stage['name']} | {stage['steps_used']:,} / {stage['steps']:,} | {stage['tokens']:,} "
+                     f"| {stage['packed_tokens']:,} | {stage['packed_rows']:,} | {stage['epochs_used']:.2f} "
+                     f"| {stage['epochs_planned']:.2f} |")
+    return lines
+
+
 def pretrain_report_section(manifest: dict, uri: str, run_folder: str) -> str:
     """Markdown for the run report: losses against the unigram baseline, throughput, the two plots."""
     from xgen_core.storage import join, store_for
@@ -152,6 +163,8 @@ def pretrain_report_section(manifest: dict, uri: str, run_folder: str) -> str:
         f"| loss-spike alarms | {sum(bool(r['loss_spike']) for r in records)} |",
         f"| median MFU (peak {summary['peak_flops_per_device'] / 1e12:.2f} TFLOP/s, {summary['peak_flops_source']}) "
         f"| {mfus[len(mfus) // 2]:.1%} |",
+        "",
+        *epochs_table(summary["stages"]),
         "",
         f"![learning rate]({join(uri, 'lr_schedule.png')})",
         "",
