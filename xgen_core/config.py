@@ -119,6 +119,14 @@ class QualityTrainConfig(Section):
     fasttext: FastTextConfig
     seed: int
 
+    @field_validator("classifiers")
+    @classmethod
+    def names_are_unique(cls, classifiers: list[ClassifierConfig]) -> list[ClassifierConfig]:
+        names = [c.name for c in classifiers]
+        if len(set(names)) < len(names):
+            raise ValueError(f"classifier names must be unique (each names its model and score column): {names}")
+        return classifiers
+
     @field_validator("reference_inputs")
     @classmethod
     def every_classifier_has_positives(cls, references: dict[str, list[str]], info: ValidationInfo):

@@ -38,6 +38,12 @@ def test_reference_inputs_must_name_a_classifier():
         load_config("tiny", ["quality_train.reference_inputs={prose: [/data/wiki]}"])
 
 
+def test_classifier_names_are_unique():
+    entry = "{name: twice, kind: quality, positive_sources: [math], negative_sources: []}"
+    with pytest.raises(ConfigError, match="classifier names must be unique"):
+        load_config("tiny", [f"quality_train.classifiers=[{entry}, {entry}]"])
+
+
 def test_a_provided_model_trains_on_nothing():
     entry = "{name: dclm, kind: quality, positive_sources: [math], negative_sources: [], model: /m/dclm.bin}"
     with pytest.raises(ConfigError, match="uses the model '/m/dclm.bin' as it is"):
