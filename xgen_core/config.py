@@ -8,10 +8,10 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from xgen_core.errors import ConfigError
 
@@ -78,22 +78,77 @@ class DedupConfig(Section):
     reuse_signatures_from: str
 
 
+NEGATIVE_LABEL = "__label__negative"  # the label trained classifiers give their negatives
+
+
 class ClassifierConfig(Section):
     name: str
     kind: Literal["quality", "domain"]
     positive_sources: list[str]
     negative_sources: list[str]
+    # A fastText model file (local path, file:// or gs://) used as it is instead of training one; its sources stay [].
+    model: str = ""
+    # The label whose probability is the score: trained models write their positives with it.
+    positive_label: str = "__label__positive"
+
+    @field_validator("positive_label")
+    @classmethod
+    def label_names_a_positive_class(cls, label: str) -> str:
+        if not label.startswith("__label__") or label == NEGATIVE_LABEL:
+            raise ValueError(f"must start with '__label__' and differ from {NEGATIVE_LABEL!r}")
+        return label
+
+
+class FastTextConfig(Section):
+    """Keyword arguments of fasttext.train_supervised, under fastText's own names."""
+
+    dim: int
+    epoch: int
+    lr: float
+    wordNgrams: int
+    minCount: int
+    bucket: int
+    # fastText 0.9.2 initialises the input matrix in 10 blocks, one per training thread: below 10 threads part of it
+    # stays uninitialised and training fails with "Encountered NaN" (4 and 5 of 8 runs at thread=1 and 2 here).
+    thread: Annotated[int, Field(ge=10)]
 
 
 class QualityTrainConfig(Section):
     classifiers: list[ClassifierConfig]
+    reference_inputs: dict[str, list[str]]
     max_docs_per_class: int
     holdout_fraction: float
-    dim: int
-    buckets: int
-    epochs: int
-    learning_rate: float
+    fasttext: FastTextConfig
     seed: int
+
+    @field_validator("classifiers")
+    @classmethod
+    def names_are_unique(cls, classifiers: list[ClassifierConfig]) -> list[ClassifierConfig]:
+        names = [c.name for c in classifiers]
+        if len(set(names)) < len(names):
+            raise ValueError(f"classifier names must be unique (each names its model and score column): {names}")
+        return classifiers
+
+    @field_validator("reference_inputs")
+    @classmethod
+    def every_classifier_has_positives(cls, references: dict[str, list[str]], info: ValidationInfo):
+        classifiers = info.data.get("classifiers", [])
+        names = [c.name for c in classifiers]
+        unknown = sorted(set(references) - set(names))
+        if unknown:
+            raise ValueError(f"names no classifier: {unknown}; classifiers: {names}")
+        for c in classifiers:
+            if c.model and (c.positive_sources or c.negative_sources or references.get(c.name)):
+                raise ValueError(
+                    f"classifier {c.name!r} uses the model {c.model!r} as it is: it trains on nothing, so its "
+                    "positive_sources, negative_sources and reference_inputs entry must stay empty"
+                )
+            if not c.model and not c.positive_sources and not references.get(c.name):
+                raise ValueError(
+                    f"classifier {c.name!r} has no positive documents: set quality_train.reference_inputs.{c.name} "
+                    "(URIs of reference documents: JSONL, Parquet or WET), or its positive_sources, or its model"
+                )
+        return references
 
 
 class SignalsConfig(Section):
@@ -130,6 +185,9 @@ class MixtureConfig(Section):
     chars_per_token: float
     seed: int
     output_files: int
+    top_k_per_cluster: Annotated[int, Field(ge=1)]
+
+
 class TokenizerConfig(Section):
     vocab_size: int
     min_frequency: int

@@ -116,7 +116,7 @@ STAGES: tuple[Stage, ...] = (
         config_sections=("quality_train",),
         backend="spark",
         resources="spark",
-        description="fastText-style quality ensemble and code/math domain classifiers, saved as model artifacts",
+        description="fastText quality ensemble and code/math domain classifiers (.bin models), held-out precision / recall",
     ),
     Stage(
         name="signals",
@@ -136,7 +136,7 @@ STAGES: tuple[Stage, ...] = (
         config_sections=("mixture",),
         backend="spark",
         resources="spark",
-        description="Per-signal upsampling merged into one weight; one manifest per curriculum stage; data report",
+        description="Top-k passing variants per cluster, per-signal upsampling, one manifest per curriculum stage; data report",
     ),
     Stage(
         name="tokenizer",

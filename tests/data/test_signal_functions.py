@@ -1,8 +1,12 @@
+import hashlib
+
 import numpy as np
 import pytest
 
+import xgen_core.data.mixture  # noqa: F401  (import check: mixture needs no Spark session to load)
+from xgen_core.config import load_config
 from xgen_core.data import decontam, heuristics, textclf
-from xgen_core.data.mixture import SignalRule  # noqa: F401  (import check: mixture needs no Spark session to load)
+from xgen_core.errors import XgenError
 
 PROSE = (
     "The river runs through the valley and the town has grown along its banks. "
@@ -67,18 +71,40 @@ def test_decontamination_finds_shared_13_grams_despite_formatting():
     assert decontam.contamination("intro " + template, index, 13) == "long_context"
 
 
-def test_text_classifier_learns_separates_and_round_trips():
-    rng = np.random.default_rng(0)
+def separable_texts(rng, n: int) -> tuple[list[str], list[str]]:
     good_vocab = ["theorem", "proof", "integral", "equation", "lemma", "derivative", "matrix", "vector"]
     bad_vocab = ["click", "subscribe", "cookie", "deal", "cart", "login", "banner", "sale"]
-    make = lambda vocab: " ".join(rng.choice(vocab + ["the", "a", "of"], size=40))
-    texts = [make(good_vocab) for _ in range(60)] + [make(bad_vocab) for _ in range(60)]
-    labels = [1] * 60 + [0] * 60
-    settings = textclf.TrainSettings(dim=8, buckets=4096, epochs=10, learning_rate=1.0, seed=3)
-    model = textclf.train(texts, labels, settings)
-    held_out = [make(good_vocab) for _ in range(20)] + [make(bad_vocab) for _ in range(20)]
-    assert textclf.evaluate(model, held_out, [1] * 20 + [0] * 20)["accuracy"] >= 0.95
-    restored = textclf.TextClassifier.from_bytes(model.to_bytes())
-    np.testing.assert_array_equal(restored.scores(held_out), model.scores(held_out))
-    again = textclf.train(texts, labels, settings)  # same data and seed: the same model, bit for bit
-    np.testing.assert_array_equal(again.embeddings, model.embeddings)
+    make = lambda vocab: "\n".join(" ".join(rng.choice(vocab + ["the", "a", "of"], size=20)) for _ in range(2))
+    return [make(good_vocab) for _ in range(n)], [make(bad_vocab) for _ in range(n)]
+
+
+def test_fasttext_classifier_learns_and_is_a_bin_fasttext_opens(tmp_path):
+    import fasttext
+
+    rng = np.random.default_rng(0)
+    positives, negatives = separable_texts(rng, 60)
+    settings = load_config("tiny").quality_train.fasttext.model_copy(update={"bucket": 4096, "dim": 8})
+    model = textclf.train(positives, negatives, settings, "__label__positive", seed=3)
+    held_pos, held_neg = separable_texts(rng, 20)
+    metrics = textclf.evaluate(model, held_pos, held_neg, "__label__positive")
+    assert metrics["precision"] >= 0.95 and metrics["recall"] >= 0.95 and metrics["n"] == 40
+    uri = str(tmp_path / "models" / "m.bin")
+    digest = textclf.save(model, uri)
+    assert digest == hashlib.sha256((tmp_path / "models" / "m.bin").read_bytes()).hexdigest()
+    reopened = fasttext.load_model(uri)  # fastText's own loader: a real .bin
+    assert sorted(reopened.labels) == ["__label__negative", "__label__positive"]
+    ref = textclf.ModelRef("m", "quality", uri, digest, "__label__positive")
+    np.testing.assert_allclose(
+        textclf.scores(textclf.load(ref), held_pos + held_neg, "__label__positive"),
+        textclf.scores(model, held_pos + held_neg, "__label__positive"),
+    )
+
+
+def test_a_model_file_changed_after_it_was_recorded_is_refused(tmp_path):
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"first")
+    digest = textclf.file_digest(str(path))
+    assert textclf.local_model_file(str(path), digest) == path
+    path.write_bytes(b"second")
+    with pytest.raises(XgenError, match="changed since quality_train recorded it"):
+        textclf.local_model_file(str(path), digest)

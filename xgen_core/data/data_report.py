@@ -1,5 +1,5 @@
-"""The data report of a run: counts in and out per curation stage and rule, the cluster-size histogram, the domain
-mix of every curriculum stage and each signal's share, as markdown plus PNG plots under the mixture artifact's
+"""The data report of a run: counts in and out per curation stage and rule, each classifier's held-out precision and
+recall, the cluster-size histogram, the domain mix of every curriculum stage and each signal's share, as markdown plus PNG plots under the mixture artifact's
 report/ folder. The run report embeds it through report.SECTIONS["mixture"].
 """
 
@@ -40,6 +40,7 @@ def write(spark, signals_uri: str, output_uri: str, mixture_result: dict) -> str
     histogram = manifests.get("dedup", {}).get("metrics", {}).get("cluster_size_histogram", [])
     stages = mixture_result["metrics"]["stages"]
     shares = mixture_result["metrics"]["signal_shares"]
+    classifiers = manifests.get("quality_train", {}).get("metrics", {})
     plots = {
         "funnel.png": funnel_plot(counts),
         "cluster_sizes.png": cluster_size_plot(histogram),
@@ -48,16 +49,19 @@ def write(spark, signals_uri: str, output_uri: str, mixture_result: dict) -> str
     }
     for name, png in plots.items():
         store_for(folder).write_bytes(join(folder, name), png)
-    markdown = render(counts, histogram, stages, shares, list(plots))
+    markdown = render(counts, classifiers, histogram, stages, shares, list(plots))
     store_for(folder).write_text(join(folder, REPORT_FILE), markdown)
-    store_for(folder).write_text(join(folder, "data_report.json"), json.dumps({"counts": counts, "cluster_size_histogram": histogram, "stages": stages, "signal_shares": shares}, indent=2))
+    summary = {"counts": counts, "classifiers": classifiers, "cluster_size_histogram": histogram, "stages": stages,
+               "signal_shares": shares}  # fmt: skip
+    store_for(folder).write_text(join(folder, "data_report.json"), json.dumps(summary, indent=2))
     return join(folder, REPORT_FILE)
 
 
-def render(counts: dict, histogram: list, stages: dict, shares: dict, images: list[str]) -> str:
+def render(counts: dict, classifiers: dict, histogram: list, stages: dict, shares: dict, images: list[str]) -> str:
     lines = ["### Data report", "", "#### Counts per stage and rule", "", "| stage | count | value |", "|---|---|---|"]
     for stage, stage_counts in counts.items():
         lines += [f"| {stage} | {key} | {value:,} |" for key, value in stage_counts.items() if isinstance(value, int)]
+    lines += ["", *classifier_table(classifiers)]
     lines += ["", "#### Cluster sizes", "", "| cluster size | clusters |", "|---|---|"]
     lines += [f"| {size} | {n:,} |" for size, n in histogram]
     lines += ["", "#### Curriculum stages", "", "| stage | tokens (budget) | PL share (target) | quality floor | documents | samples | tokens by source |", "|---|---|---|---|---|---|---|"]
@@ -74,6 +78,22 @@ def render(counts: dict, histogram: list, stages: dict, shares: dict, images: li
         lines.append(f"| {name} | {share:.1%} | {per_stage} |")
     lines += [""] + [f"![{image.removesuffix('.png')}]({image})" for image in images]
     return "\n".join(lines) + "\n"
+
+
+def classifier_table(classifiers: dict) -> list[str]:
+    """Held-out precision and recall of each trained fastText classifier (a provided model shows its file)."""
+    lines = ["#### Classifiers (fastText, held-out)", "",
+             "| classifier | kind | precision | recall | accuracy | held-out docs | trained on (pos / neg) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, m in classifiers.items():
+        if m.get("trained"):
+            lines.append(
+                f"| {name} | {m['kind']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['accuracy']:.3f} | "
+                f"{m['n']:,} | {m['n_train_positive']:,} / {m['n_train_negative']:,} |"
+            )
+        else:
+            lines.append(f"| {name} | {m.get('kind', '')} | - | - | - | - | provided: {m.get('model', '')} |")
+    return lines
 
 
 def _figure():
@@ -99,10 +119,10 @@ def funnel_plot(counts: dict) -> bytes:
         ("ingest in", counts.get("ingest", {}).get("records_in")),
         ("ingest good", counts.get("ingest", {}).get("records_good")),
         ("dedup docs", counts.get("dedup", {}).get("documents")),
-        ("dedup kept", counts.get("dedup", {}).get("kept")),
         ("signals out", counts.get("signals", {}).get("documents_out")),
         ("heuristic pass", counts.get("signals", {}).get("heuristic_pass")),
-        ("mixture eligible", counts.get("mixture", {}).get("eligible_variants")),
+        ("distinct passing", counts.get("mixture", {}).get("passing_variants")),
+        ("top-k variants", counts.get("mixture", {}).get("eligible_variants")),
     ]
     steps = [(label, value) for label, value in steps if value is not None]
     figure, axis = plt.subplots(figsize=(7, 3.5))

@@ -1,23 +1,30 @@
-"""Per-signal upsampling merged into one sampling weight, and the curriculum stage manifests (paper 2.4, 2.5).
+"""Top-k variants per cluster, per-signal upsampling merged into one sampling weight, and the curriculum stage
+manifests (paper 2.2, 2.4, 2.5).
 
-Sampling works on clusters: a cluster is represented by its best kept, heuristic-passing variant (smallest
-cluster_rank), which carries the signals. Every signal turns into its own repeat weight per cluster (percentile
-buckets of a classifier score, a domain tag, natural-frequency buckets of cluster_size), normalised into its own
-distribution; the distributions are merged with a configured rule. Each curriculum stage then fills its token
-budget separately for programming-language (PL) and natural-language (NL) clusters above its quality threshold,
-with expected repeats proportional to the merged weight; a seeded hash turns fractional repeats into whole ones,
-and a cluster's repeats are dealt round-robin over its kept variants, so upsampling reuses alternate variants.
+The k variants of a cluster that are sampled are chosen here, where quality is known (dedup runs before any
+classifier and only annotates): among a cluster's passing variants (not quarantined by signals, every heuristic
+passed; one per distinct text), the best `mixture.top_k_per_cluster` by the ensemble quality score, then recency
+(crawl time, snapshot), then length, ties by id. Dedup's annotations (cluster id, size, longevity, breadth, rank)
+travel unchanged; `variant_index` is the mixture's own order.
+
+Sampling works on clusters: a cluster is represented by its best variant, which carries the signals. Every signal
+turns into its own repeat weight per cluster (percentile buckets of a classifier score, a domain tag,
+natural-frequency buckets of cluster_size), normalised into its own distribution; the distributions are merged with
+a configured rule. Each curriculum stage then fills its token budget separately for programming-language (PL) and
+natural-language (NL) clusters above its quality threshold, with expected repeats proportional to the merged
+weight; a seeded hash turns fractional repeats into whole ones, and a cluster's repeats are dealt round-robin over
+its top-k variants, so upsampling reuses alternate variants.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from xgen_core.config import CurriculumStageConfig, MixtureConfig, SignalRuleConfig
 from xgen_core.data.sparkio import write_deterministic_parquet
 from xgen_core.storage import store_for
 from xgen_core.errors import XgenError
@@ -25,40 +32,36 @@ from xgen_core.errors import XgenError
 MERGE_RULES = ("mixture", "mean", "max")
 
 
-@dataclass(frozen=True)
-class SignalRule:
-    name: str
-    kind: str  # "percentile" (of a score column) | "tag" (in domain_tags) | "buckets" (of a numeric column)
-    column: str  # score column, tag name or numeric column
-    buckets: tuple[tuple[float, float], ...]  # (upper bound, weight), ascending; percentile bounds in [0, 1]
-    tag_weight: float
-    share: float  # weight of this signal's distribution in the "mixture" merge
+def with_quality_ensemble(docs: DataFrame) -> DataFrame:
+    """The ensemble quality score of every document: the mean of its quality_* classifier scores."""
+    qualities = quality_columns(docs)
+    if not qualities:
+        raise XgenError("mixture needs at least one quality_* score column (run the signals stage first)")
+    return docs.withColumn("quality_ensemble", sum((F.col(c) for c in qualities), F.lit(0.0)) / len(qualities))
 
 
-@dataclass(frozen=True)
-class CurriculumStage:
-    name: str
-    tokens: int
-    pl_share: float
-    min_quality_percentile: float
+def variant_order() -> list[Column]:
+    """Best first: ensemble quality, then recency (crawl time, snapshot), then length; ties by id."""
+    return [
+        F.col("quality_ensemble").desc_nulls_last(), F.col("crawl_time").desc_nulls_last(),
+        F.col("snapshot").desc_nulls_last(), F.length("text").desc(), F.col("id").asc(),
+    ]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class MixtureParams:
-    signals: tuple[SignalRule, ...]
-    merge: str
-    stages: tuple[CurriculumStage, ...]
-    pl_tag: str
-    chars_per_token: float
-    seed: int
-    output_files: int
+def passing_variants(docs: DataFrame) -> DataFrame:
+    """Heuristic-passing documents (signals already quarantined the rest), one per distinct text of a cluster: an
+    exact copy adds no lexical diversity, so only its best copy (the most recent) stays."""
+    passing = with_quality_ensemble(docs.filter(F.col("heuristic_pass")))
+    text_key = F.col("content_hash") if "content_hash" in docs.columns else F.sha2("text", 256)
+    copies = Window.partitionBy("cluster_id", text_key).orderBy(*variant_order())
+    return passing.withColumn("_copy", F.row_number().over(copies)).filter("_copy = 1").drop("_copy")
 
 
-def eligible_variants(docs: DataFrame) -> DataFrame:
-    """Kept, heuristic-passing variants, numbered 0.. within their cluster in cluster_rank order."""
-    passing = docs.filter(F.col("kept") & F.col("heuristic_pass"))
-    order = Window.partitionBy("cluster_id").orderBy("cluster_rank")
-    return passing.withColumn("variant_index", F.row_number().over(order) - 1).withColumn(
+def eligible_variants(passing: DataFrame, top_k: int) -> DataFrame:
+    """The top_k passing variants of each cluster, numbered 0.. in variant_order() (best quality first)."""
+    order = Window.partitionBy("cluster_id").orderBy(*variant_order())
+    ranked = passing.withColumn("variant_index", F.row_number().over(order) - 1)
+    return ranked.filter(F.col("variant_index") < top_k).withColumn(
         "n_eligible_variants", F.count("*").over(Window.partitionBy("cluster_id"))
     )
 
@@ -67,14 +70,9 @@ def quality_columns(docs: DataFrame) -> list[str]:
     return sorted(c for c in docs.columns if c.startswith("quality_"))
 
 
-def representatives(variants: DataFrame, params: MixtureParams) -> DataFrame:
-    """One row per cluster: its best variant's signals, an ensemble quality score and a token estimate."""
-    reps = variants.filter("variant_index = 0")
-    qualities = quality_columns(variants)
-    if not qualities:
-        raise XgenError("mixture needs at least one quality_* score column (run the signals stage first)")
-    ensemble = sum((F.col(c) for c in qualities), F.lit(0.0)) / len(qualities)
-    return reps.withColumn("quality_ensemble", ensemble).withColumn(
+def representatives(variants: DataFrame, params: MixtureConfig) -> DataFrame:
+    """One row per cluster: its best variant's signals (with its ensemble quality score) and a token estimate."""
+    return variants.filter("variant_index = 0").withColumn(
         "tokens", F.greatest(F.lit(1), F.ceil(F.length("text") / params.chars_per_token)).cast("long")
     )
 
@@ -87,7 +85,7 @@ def bucket_weight(value: Column, bounds: list[float], weights: list[float]) -> C
     return expression.cast("double")
 
 
-def signal_weight(reps: DataFrame, rule: SignalRule) -> Column:
+def signal_weight(reps: DataFrame, rule: SignalRuleConfig) -> Column:
     if rule.kind == "tag":
         return F.when(F.array_contains("domain_tags", rule.column), F.lit(rule.tag_weight)).otherwise(F.lit(1.0))
     bounds = [bound for bound, _ in rule.buckets]
@@ -101,7 +99,7 @@ def signal_weight(reps: DataFrame, rule: SignalRule) -> Column:
     raise XgenError(f"mixture signal {rule.name!r}: unknown kind {rule.kind!r} (percentile, tag, buckets)")
 
 
-def weighted_clusters(reps: DataFrame, params: MixtureParams) -> DataFrame:
+def weighted_clusters(reps: DataFrame, params: MixtureConfig) -> DataFrame:
     """Per cluster: w_<signal> for every signal, p_<signal> its normalised distribution, and the merged weight."""
     if params.merge not in MERGE_RULES:
         raise XgenError(f"mixture.merge must be one of {MERGE_RULES}, got {params.merge!r}")
@@ -115,7 +113,7 @@ def weighted_clusters(reps: DataFrame, params: MixtureParams) -> DataFrame:
     return weighted.withColumn("weight", merged_weight(params, n_clusters))
 
 
-def merged_weight(params: MixtureParams, n_clusters: int) -> Column:
+def merged_weight(params: MixtureConfig, n_clusters: int) -> Column:
     """The merged distribution scaled by the cluster count, so that a weight of 1 means 'sampled at par'."""
     if params.merge == "mixture":
         total_share = sum(rule.share for rule in params.signals)
@@ -131,7 +129,7 @@ def uniform_hash(seed: int, salt: str, key: str) -> Column:
     return mantissa.cast("double") / F.lit(float(1 << 53))
 
 
-def stage_repeats(clusters: DataFrame, stage: CurriculumStage, params: MixtureParams) -> DataFrame:
+def stage_repeats(clusters: DataFrame, stage: CurriculumStageConfig, params: MixtureConfig) -> DataFrame:
     """Clusters with their whole number of repeats for one curriculum stage (PL and NL budgets filled apart)."""
     threshold = clusters.approxQuantile("quality_ensemble", [stage.min_quality_percentile], 0.0)[0]
     eligible = clusters.filter(F.col("quality_ensemble") >= threshold).withColumn(
@@ -149,7 +147,7 @@ def stage_repeats(clusters: DataFrame, stage: CurriculumStage, params: MixturePa
 
 
 def variant_repeats(variants: DataFrame, clusters: DataFrame) -> DataFrame:
-    """Deal each cluster's repeats round-robin over its kept variants, best first."""
+    """Deal each cluster's repeats round-robin over its top-k variants, best first."""
     joined = variants.join(clusters.select("cluster_id", "cluster_repeats", "kind"), "cluster_id")
     n = F.col("n_eligible_variants")
     share = F.floor(F.col("cluster_repeats") / n) + (F.col("variant_index") < F.col("cluster_repeats") % n).cast("long")
@@ -160,12 +158,13 @@ def run_mixture(
     spark: SparkSession,
     signals_uri: str,
     output_uri: str,
-    params: MixtureParams,
+    params: MixtureConfig,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Write output_uri/stages/{stage}/ (Parquet: id, text, repeats, ...) and output_uri/stages/{stage}.json."""
     docs = spark.read.parquet(f"{signals_uri}/data")
-    variants = eligible_variants(docs).localCheckpoint()
+    passing = passing_variants(docs).localCheckpoint()
+    variants = eligible_variants(passing, params.top_k_per_cluster).localCheckpoint()
     clusters = weighted_clusters(representatives(variants, params), params).localCheckpoint()
     summaries = {}
     for stage in params.stages:
@@ -187,12 +186,12 @@ def run_mixture(
         log(f"mixture: {stage.name}: {summary['tokens']:,} tokens, pl share {summary['pl_share']:.2f}")
     shares = signal_shares(clusters, params)
     write_file(f"{output_uri}/signal_shares.json", json.dumps(shares, indent=2).encode())
-    counts = {"eligible_variants": variants.count(), "clusters": clusters.count()}
+    counts = {"passing_variants": passing.count(), "eligible_variants": variants.count(), "clusters": clusters.count()}
     counts.update({f"{name}_documents": s["documents"] for name, s in summaries.items()})
     return {"counts": counts, "metrics": {"stages": summaries, "signal_shares": shares}}
 
 
-def stage_summary(spark, manifest_uri: str, stage: CurriculumStage, repeats: DataFrame, params: MixtureParams) -> dict:
+def stage_summary(spark, manifest_uri: str, stage: CurriculumStageConfig, repeats: DataFrame, params: MixtureConfig) -> dict:
     rows = spark.read.parquet(manifest_uri)
     by_kind = {
         r.kind: (int(r.docs), int(r.repeats), int(r.tokens))
@@ -222,7 +221,7 @@ def stage_summary(spark, manifest_uri: str, stage: CurriculumStage, repeats: Dat
     }
 
 
-def signal_shares(clusters: DataFrame, params: MixtureParams, sampled_tokens: bool = False) -> dict:
+def signal_shares(clusters: DataFrame, params: MixtureConfig, sampled_tokens: bool = False) -> dict:
     """Each signal's share of the merged sampling mass: its part of every cluster's merged weight, summed over the
     clusters by merged weight, or (sampled_tokens) by the tokens a curriculum stage actually draws from them."""
     if params.merge == "mixture":
@@ -241,19 +240,10 @@ def write_file(uri: str, data: bytes) -> None:
     store_for(uri).write_bytes(uri, data)
 
 
-def params_from_config(cfg) -> MixtureParams:
-    c = cfg.mixture
-    signals = tuple(
-        SignalRule(s.name, s.kind, s.column, tuple(tuple(b) for b in s.buckets), s.tag_weight, s.share) for s in c.signals
-    )
-    stages = tuple(CurriculumStage(s.name, s.tokens, s.pl_share, s.min_quality_percentile) for s in c.stages)
-    return MixtureParams(signals, c.merge, stages, c.pl_tag, c.chars_per_token, c.seed, c.output_files)
-
-
 def run(ctx) -> dict:
     """The `mixture` stage: curriculum manifests under stages/, then the data report with its plots under report/."""
     from xgen_core.data import data_report
 
-    result = run_mixture(ctx.spark(), ctx.inputs["signals"], ctx.output, params_from_config(ctx.cfg), ctx.log)
+    result = run_mixture(ctx.spark(), ctx.inputs["signals"], ctx.output, ctx.cfg.mixture, ctx.log)
     data_report.write(ctx.spark(), ctx.inputs["signals"], ctx.output, result)
     return result

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -16,35 +15,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from xgen_core.config import SignalsConfig
 from xgen_core.data import decontam, heuristics, textclf
+from xgen_core.data.quality_train import model_refs
 from xgen_core.data.sparkio import write_deterministic_parquet
-from xgen_core.storage import store_for
 
 
-@dataclass(frozen=True)
-class SignalsParams:
-    heuristic_thresholds: dict[str, float]
-    domain_tag_threshold: float
-    languages: tuple[str, ...]
-    min_language_score: float
-    decontam_ngram: int
-    eval_sets: tuple[str, ...]
-    output_files: int
-
-
-@dataclass(frozen=True)
-class LoadedClassifier:
-    name: str
-    kind: str
-    model_bytes: bytes
-
-
-def load_classifiers(spark: SparkSession, models_uri: str) -> list[LoadedClassifier]:
-    index = json.loads(read_file(f"{models_uri}/classifiers.json"))
-    return [LoadedClassifier(e["name"], e["kind"], read_file(f"{models_uri}/{e['model']}")) for e in index]
-
-
-def score_column(classifier: LoadedClassifier) -> str:
+def score_column(classifier: textclf.ModelRef) -> str:
     return f"{classifier.kind}_{classifier.name}"
 
 
@@ -74,7 +51,7 @@ def identify_languages(texts: list[str]) -> tuple[list[str], list[float]]:
     return languages, scores
 
 
-def added_fields(classifiers: list[LoadedClassifier], needs_language: bool) -> list[tuple[str, pa.DataType]]:
+def added_fields(classifiers: list[textclf.ModelRef], needs_language: bool) -> list[tuple[str, pa.DataType]]:
     fields = [(name, pa.float64()) for name in heuristics.SIGNAL_FIELDS]
     fields += [(score_column(c), pa.float64()) for c in classifiers]
     fields += [("domain_tags", pa.list_(pa.string())), ("heuristic_pass", pa.bool_()), ("heuristic_failed_rule", pa.string())]
@@ -85,13 +62,13 @@ def added_fields(classifiers: list[LoadedClassifier], needs_language: bool) -> l
 
 
 def signal_batches(
-    classifiers: list[LoadedClassifier], params: SignalsParams, eval_index: dict[str, str], needs_language: bool
+    classifiers: list[textclf.ModelRef], params: SignalsConfig, eval_index: dict[str, str], needs_language: bool
 ):
-    """mapInArrow function: each batch gains every signal field (numpy over the batch for the classifiers)."""
+    """mapInArrow function: each batch gains every signal field (fastText's multi-line predict per classifier)."""
     fields = added_fields(classifiers, needs_language)
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        models = {score_column(c): textclf.TextClassifier.from_bytes(c.model_bytes) for c in classifiers}
+        models = {score_column(c): (textclf.load(c), c.positive_label) for c in classifiers}
         domain_columns = [score_column(c) for c in classifiers if c.kind == "domain"]
         for batch in batches:
             texts = batch.column("text").to_pylist()
@@ -99,7 +76,7 @@ def signal_batches(
             measured = [heuristics.measure(text) for text in texts]
             for name in heuristics.SIGNAL_FIELDS:
                 columns[name] = [m[name] for m in measured]
-            scores = {name: model.scores(texts) for name, model in models.items()}
+            scores = {name: textclf.scores(model, texts, label) for name, (model, label) in models.items()}
             columns.update({name: values.tolist() for name, values in scores.items()})
             tags = [
                 [name.removeprefix("domain_") for name in domain_columns if scores[name][i] >= params.domain_tag_threshold]
@@ -107,7 +84,7 @@ def signal_batches(
             ]
             columns["domain_tags"] = tags
             failed = [
-                heuristics.first_failed_rule(m, params.heuristic_thresholds, domain_tagged=bool(t))
+                heuristics.first_failed_rule(m, params.heuristics, domain_tagged=bool(t))
                 for m, t in zip(measured, tags)
             ]
             columns["heuristic_pass"] = [rule is None for rule in failed]
@@ -129,7 +106,7 @@ def signal_batches(
     return compute
 
 
-def quarantine_reason(language, language_score, contamination, is_code: bool, params: SignalsParams) -> str | None:
+def quarantine_reason(language, language_score, contamination, is_code: bool, params: SignalsConfig) -> str | None:
     """Contamination first (it is never trainable); then language, which code documents are exempt from."""
     if contamination:
         return f"contaminated_{contamination}"
@@ -140,7 +117,7 @@ def quarantine_reason(language, language_score, contamination, is_code: bool, pa
     return None
 
 
-def spark_schema(docs: DataFrame, classifiers: list[LoadedClassifier], needs_language: bool) -> T.StructType:
+def spark_schema(docs: DataFrame, classifiers: list[textclf.ModelRef], needs_language: bool) -> T.StructType:
     arrow_to_spark = {
         pa.float64(): T.DoubleType(),
         pa.string(): T.StringType(),
@@ -156,12 +133,12 @@ def run_signals(
     dedup_uri: str,
     models_uri: str,
     output_uri: str,
-    params: SignalsParams,
+    params: SignalsConfig,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Write output_uri/data (signal fields added) and output_uri/quarantine; return counts per rule and reason."""
     docs = spark.read.parquet(f"{dedup_uri}/data")
-    classifiers = load_classifiers(spark, models_uri)
+    classifiers = model_refs(models_uri)
     eval_index = decontam.build_index(decontam.eval_texts(list(params.eval_sets)), params.decontam_ngram)
     needs_language = not {"language", "language_score"} <= set(docs.columns)
     schema = spark_schema(docs, classifiers, needs_language)
@@ -178,7 +155,7 @@ def run_signals(
     return {"counts": counts, "metrics": score_summary(signalled, classifiers)}
 
 
-def signal_counts(signalled: DataFrame, classifiers: list[LoadedClassifier]) -> dict:
+def signal_counts(signalled: DataFrame, classifiers: list[textclf.ModelRef]) -> dict:
     counts = {"documents_in": signalled.count()}
     reasons = signalled.groupBy("quarantine_reason").count().collect()
     counts.update({f"quarantined_{r.quarantine_reason}": r["count"] for r in reasons if r.quarantine_reason})
@@ -192,7 +169,7 @@ def signal_counts(signalled: DataFrame, classifiers: list[LoadedClassifier]) -> 
     return dict(sorted(counts.items()))
 
 
-def score_summary(signalled: DataFrame, classifiers: list[LoadedClassifier]) -> dict:
+def score_summary(signalled: DataFrame, classifiers: list[textclf.ModelRef]) -> dict:
     """Mean and quartiles of each classifier score over the documents that passed."""
     passing = signalled.filter(F.col("quarantine_reason").isNull())
     summary = {}
@@ -204,21 +181,8 @@ def score_summary(signalled: DataFrame, classifiers: list[LoadedClassifier]) -> 
     return summary
 
 
-def read_file(uri: str) -> bytes:
-    return store_for(uri).read_bytes(uri)
-
-
-def params_from_config(cfg) -> SignalsParams:
-    c = cfg.signals
-    return SignalsParams(
-        heuristic_thresholds=dict(c.heuristics), domain_tag_threshold=c.domain_tag_threshold,
-        languages=tuple(c.languages), min_language_score=c.min_language_score, decontam_ngram=c.decontam_ngram,
-        eval_sets=tuple(c.eval_sets), output_files=c.output_files,
-    )  # fmt: skip
-
-
 def run(ctx) -> dict:
     """The `signals` stage: dedup documents plus every signal field; quarantine/ holds what may not be trained on."""
     return run_signals(
-        ctx.spark(), ctx.inputs["dedup"], ctx.inputs["quality_train"], ctx.output, params_from_config(ctx.cfg), ctx.log
+        ctx.spark(), ctx.inputs["dedup"], ctx.inputs["quality_train"], ctx.output, ctx.cfg.signals, ctx.log
     )

@@ -1,109 +1,73 @@
-"""fastText-style supervised text classifiers, trained and applied with numpy.
+"""fastText text classifiers: trained with `fasttext.train_supervised`, saved as `.bin` files that
+`fasttext.load_model` (and every fastText tool) opens, scored with fastText's own predict.
 
-The model is fastText's supervised model for two classes: hashed word unigram + bigram embeddings averaged into a
-document vector, a logistic output, trained with SGD and a linearly decaying learning rate. Written here because
-fastText's own trainer (fasttext-numpy2-wheel 0.9.2) is not reproducible: five single-threaded runs with the same
-seed on the same 120 documents gave two different models, and some runs stopped with "Encountered NaN". This one is
-bit-for-bit reproducible (tested). Models are saved as .npz artifacts and scored over whole Arrow batches.
+Reproducibility comes from the artifact, not from the trainer: fastText's trainer is not bit-reproducible (threads
+race on the shared weights; even `thread=1` with a fixed seed gave different models across runs here). A trained
+model is committed once in the quality_train artifact, recorded with its SHA-256, never trained again, and every
+later stage reads that file; a model file checked against a recorded digest is exactly the one that was committed.
+
+Documents become one fastText line each (whitespace runs, newlines included, collapsed to one space): the same
+preparation for training, evaluation and scoring, and for models brought from elsewhere.
 """
 
 from __future__ import annotations
 
-import io
-import re
-import zlib
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-_BIGRAM_MULTIPLIER = np.uint64(116049371)  # the constant fastText uses to combine word n-gram hashes
+from xgen_core.config import NEGATIVE_LABEL, FastTextConfig
+from xgen_core.errors import XgenError
+from xgen_core.storage import is_gcs, normalize_uri, store_for
+
+CACHE_DIR = Path(tempfile.gettempdir()) / "xgen-cache" / "fasttext"
+_COPY_CHUNK = 8 << 20
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    dim: int
-    buckets: int
-    epochs: int
-    learning_rate: float
-    seed: int
+def fasttext_line(text: str) -> str:
+    return " ".join(text.split())
 
 
-def token_ids(text: str, buckets: int) -> np.ndarray:
-    """Bucket ids of the document's words and word bigrams (stable across processes: CRC-32, not hash())."""
-    tokens = _TOKEN.findall(text.lower())
-    if not tokens:
-        return np.zeros(1, dtype=np.int64)
-    hashes = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
-    bigrams = hashes[:-1] * _BIGRAM_MULTIPLIER + hashes[1:]
-    return (np.concatenate([hashes, bigrams]) % np.uint64(buckets)).astype(np.int64)
+def train(positives: list[str], negatives: list[str], settings: FastTextConfig, positive_label: str, seed: int):
+    """A fastText supervised model on the two classes (the input file fastText reads is written to a temp dir)."""
+    import fasttext
+
+    with tempfile.TemporaryDirectory(prefix="xgen-fasttext-") as folder:
+        path = Path(folder) / "train.txt"
+        lines = [f"{positive_label} {fasttext_line(t)}" for t in positives]
+        lines += [f"{NEGATIVE_LABEL} {fasttext_line(t)}" for t in negatives]
+        order = np.random.default_rng(seed).permutation(len(lines))  # fastText reads the file in order
+        path.write_text("".join(lines[i] + "\n" for i in order), encoding="utf-8")
+        try:
+            return fasttext.train_supervised(input=str(path), seed=seed, verbose=0, **settings.model_dump())
+        except RuntimeError as exc:
+            raise XgenError(f"fastText training failed ({exc}): lower quality_train.fasttext.lr "
+                            f"(now {settings.lr})") from None  # fmt: skip
 
 
-@dataclass
-class TextClassifier:
-    embeddings: np.ndarray  # float32[buckets, dim]
-    weights: np.ndarray  # float32[dim]
-    bias: float
-
-    @property
-    def buckets(self) -> int:
-        return self.embeddings.shape[0]
-
-    def document_vectors(self, texts: list[str]) -> np.ndarray:
-        ids = [token_ids(text, self.buckets) for text in texts]
-        counts = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-        summed = np.add.reduceat(self.embeddings[np.concatenate(ids)], np.r_[0, np.cumsum(counts)[:-1]], axis=0)
-        return summed / counts[:, None]
-
-    def scores(self, texts: list[str]) -> np.ndarray:
-        """Probability of the positive class for each text."""
-        if not texts:
-            return np.empty(0, dtype=np.float64)
-        logits = self.document_vectors(texts) @ self.weights + self.bias
-        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, embeddings=self.embeddings, weights=self.weights, bias=np.float64(self.bias))
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> TextClassifier:
-        arrays = np.load(io.BytesIO(data))
-        return cls(arrays["embeddings"], arrays["weights"], float(arrays["bias"]))
+def scores(model, texts: list[str], positive_label: str) -> np.ndarray:
+    """Probability of `positive_label` for each text (fastText's multi-line predict over all labels)."""
+    if not texts:
+        return np.empty(0, dtype=np.float64)
+    labels, probabilities = model.predict([fasttext_line(t) for t in texts], k=-1)
+    return np.array([_probability_of(positive_label, l, p) for l, p in zip(labels, probabilities)], dtype=np.float64)
 
 
-def train(texts: list[str], labels: list[int], settings: TrainSettings) -> TextClassifier:
-    """SGD on the logistic loss, one document at a time in a seeded order, learning rate decaying to zero."""
-    rng = np.random.default_rng(settings.seed)
-    embeddings = ((rng.random((settings.buckets, settings.dim), dtype=np.float32) - 0.5) / settings.dim).astype(
-        np.float32
-    )
-    weights = np.zeros(settings.dim, dtype=np.float32)
-    bias = 0.0
-    ids = [token_ids(text, settings.buckets) for text in texts]
-    targets = np.asarray(labels, dtype=np.float32)
-    total_steps = max(1, settings.epochs * len(texts))
-    step = 0
-    for _ in range(settings.epochs):
-        for index in rng.permutation(len(texts)):
-            lr = settings.learning_rate * (1.0 - step / total_steps)
-            step += 1
-            doc_ids = ids[index]
-            hidden = embeddings[doc_ids].mean(axis=0)
-            prediction = 1.0 / (1.0 + np.exp(-(float(hidden @ weights) + bias)))
-            gradient = prediction - targets[index]
-            hidden_gradient = gradient * weights
-            weights -= lr * gradient * hidden
-            bias -= lr * gradient
-            np.subtract.at(embeddings, doc_ids, lr * hidden_gradient / len(doc_ids))
-    return TextClassifier(embeddings, weights, bias)
+def _probability_of(label: str, labels, probabilities) -> float:
+    for name, probability in zip(labels, probabilities):
+        if name == label:
+            return min(1.0, float(probability))  # fastText's softmax adds 1e-5 before normalising
+    return 0.0
 
 
-def evaluate(model: TextClassifier, texts: list[str], labels: list[int]) -> dict[str, float]:
-    """Accuracy, precision and recall of the positive class at a 0.5 cut."""
-    predicted = model.scores(texts) >= 0.5
-    truth = np.asarray(labels, dtype=bool)
+def evaluate(model, positives: list[str], negatives: list[str], positive_label: str) -> dict:
+    """Held-out accuracy, precision and recall of the positive class at a 0.5 cut."""
+    predicted = scores(model, positives + negatives, positive_label) >= 0.5
+    truth = np.array([True] * len(positives) + [False] * len(negatives), dtype=bool)
     true_positive = int((predicted & truth).sum())
     return {
         "accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
@@ -111,3 +75,75 @@ def evaluate(model: TextClassifier, texts: list[str], labels: list[int]) -> dict
         "recall": true_positive / max(1, int(truth.sum())),
         "n": int(len(truth)),
     }
+
+
+def check_labels(model, positive_label: str, where: str) -> None:
+    if positive_label not in model.labels:
+        raise XgenError(f"{where}: the model has no label {positive_label!r} (its labels: {list(model.labels)[:10]}); "
+                        "set the classifier's positive_label")  # fmt: skip
+
+
+def save(model, uri: str) -> str:
+    """Write the model's .bin to uri (any store); returns its SHA-256."""
+    with tempfile.TemporaryDirectory(prefix="xgen-fasttext-") as folder:
+        path = Path(folder) / "model.bin"
+        model.save_model(str(path))
+        data = path.read_bytes()
+    store_for(uri).write_bytes(uri, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(uri: str) -> str:
+    digest = hashlib.sha256()
+    with store_for(uri).open_read(uri) as stream:
+        for chunk in iter(lambda: stream.read(_COPY_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_model_file(uri: str, sha256: str) -> Path:
+    """A local path holding the model at uri: the file itself for a local URI, else a cached download. Either way its
+    SHA-256 must be the recorded one (a model replaced since it was recorded is refused, not silently used)."""
+    uri = normalize_uri(uri)
+    if not is_gcs(uri):
+        path = Path(uri.removeprefix("file://"))
+        if file_digest(str(path)) != sha256:
+            raise XgenError(f"model file {uri} changed since quality_train recorded it (SHA-256 {sha256[:12]}...)")
+        return path
+    target = CACHE_DIR / f"{sha256}.bin"
+    if not target.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        partial = CACHE_DIR / f"{sha256}.{os.getpid()}.part"
+        digest = hashlib.sha256()
+        with store_for(uri).open_read(uri) as stream, open(partial, "wb") as out:
+            for chunk in iter(lambda: stream.read(_COPY_CHUNK), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            partial.unlink()
+            raise XgenError(f"model file {uri} changed since quality_train recorded it (SHA-256 {sha256[:12]}...)")
+        partial.replace(target)  # atomic: concurrent workers each write their own part file
+    return target
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A classifier as later stages see it: where its .bin lives, its digest and the label that is its score."""
+
+    name: str
+    kind: str
+    uri: str
+    sha256: str
+    positive_label: str
+
+
+_LOADED: dict[str, object] = {}
+
+
+def load(ref: ModelRef):
+    """The fastText model behind ref, loaded once per Python process (Spark reuses its Python workers)."""
+    import fasttext
+
+    if ref.sha256 not in _LOADED:
+        _LOADED[ref.sha256] = fasttext.load_model(str(local_model_file(ref.uri, ref.sha256)))
+    return _LOADED[ref.sha256]
