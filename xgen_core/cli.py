@@ -88,12 +88,21 @@ def _add_stage_command(group_parser, stage: Stage) -> None:
     command.add_argument("--root", help="artifact root (overrides config `root`)")
     command.add_argument("--run-id", help="run to record this stage in (default: a new one)")
     if stage.upstream or stage.external_inputs:
-        command.add_argument("--input", action="append", metavar="URI", help="read this instead of the upstream artifact")
+        command.add_argument("--input", action="append", metavar="[UPSTREAM=]URI", help=_input_help(stage))
     if not stage.run_scoped:
         command.add_argument("--output", "--out", dest="output", metavar="URI", help="write exactly here")
     for flag in stage.flags:
         command.add_argument(flag.name, type=flag.type, help=f"{flag.help} (config {flag.key})")
     command.set_defaults(handler=lambda args: _run_stage_command(stage, args))
+
+
+def _input_help(stage: Stage) -> str:
+    named = f"UPSTREAM=URI reads URI as that upstream's artifact ({', '.join(stage.upstream)})"
+    if stage.external_inputs:
+        return f"input files or folders, repeatable (config {stage.external_inputs}); or {named}"
+    if len(stage.upstream) == 1:
+        return f"URI or {named}"
+    return f"{named}, repeatable; upstreams not named come from the config"
 
 
 def _run_stage_command(stage: Stage, args) -> None:
