@@ -43,7 +43,7 @@ class Stage:
     upstream: tuple[str, ...]
     config_sections: tuple[str, ...]  # config that decides the output, hashed into the version
     backend: str  # spark | jax | python
-    resources: str  # what one run needs at paper scale, read by the operators
+    resources: str  # what one run needs at paper scale (cpu | spark | tpu), listed by `xgen pipeline stages`
     description: str
     code_version: int = 1  # bump when the function's output changes for the same config and inputs
     external_inputs: str | None = None  # config key listing input URIs that, when set, replace the upstream
