@@ -81,6 +81,7 @@ def test_config_show_with_a_bad_value_is_one_line_naming_key_value_and_rule():
         ("quality_train.max_docs_per_class=0", "quality_train.max_docs_per_class"),
         ("quality_train.holdout_fraction=0", "quality_train.holdout_fraction"),
         ("quality_train.holdout_fraction=1", "quality_train.holdout_fraction"),
+        ("quality_train.max_docs_per_class=4", "quality_train.holdout_fraction"),  # 4 x 0.2: nothing held out
         ("quality_train.dim=0", "quality_train.dim"),
         ("quality_train.buckets=0", "quality_train.buckets"),
         ("quality_train.epochs=0", "quality_train.epochs"),
@@ -104,6 +105,7 @@ def test_config_show_with_a_bad_value_is_one_line_naming_key_value_and_rule():
         ("mixture.signals=[]", "mixture.signals"),
         ("mixture.pl_tag=prose", "mixture.pl_tag"),  # not a domain tag: every document would count as NL
         ("tokenizer.vocab_size=0", "tokenizer.vocab_size"),
+        ("tokenizer.vocab_size=262", "tokenizer.vocab_size"),  # below 256 bytes + 7 special tokens
         ("tokenizer.vocab_size=4096", "tokenizer.vocab_size"),  # more than the tiny preset's 2,048 embedding rows
         ("tokenizer.min_frequency=-1", "tokenizer.min_frequency"),
         ("tokenizer.max_documents=-1", "tokenizer.max_documents"),

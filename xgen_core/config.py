@@ -132,6 +132,8 @@ class QualityTrainConfig(Section):
     def _unique_classifier_names(self):
         names = [c.name for c in self.classifiers]  # each names a model file and a score column
         require(len(set(names)) == len(names), "classifiers", names, "unique classifier names")
+        require(int(self.max_docs_per_class * self.holdout_fraction) >= 1, "holdout_fraction", self.holdout_fraction,
+                f"large enough to hold out a document of each class from max_docs_per_class ({self.max_docs_per_class})")
         return self
 
 
@@ -217,6 +219,14 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(ge=1)
     min_frequency: int = Field(ge=0)
     max_documents: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _room_for_the_byte_alphabet(self):
+        from xgen_core.tokens.tokenizer import minimum_vocab_size
+
+        require(self.vocab_size >= minimum_vocab_size(), "vocab_size", self.vocab_size,
+                f">= {minimum_vocab_size()}, the byte alphabet plus the special tokens")
+        return self
 
 
 class PackConfig(Section):
