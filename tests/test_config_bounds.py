@@ -154,7 +154,10 @@ def test_two_remaining_mesh_axes_fail_on_the_second():
 
 def test_fixed_batch_axes_must_divide_the_micro_batch_but_a_remaining_axis_is_left_to_the_runtime():
     assert load_config("tiny", ["train.mesh.fsdp=4"]).train.mesh.fsdp == 4  # 16 / 2 = 8 rows over 4 devices
-    assert "mesh.data x mesh.fsdp (2 x 16)" in load_error("train.mesh.data=16", "train.mesh.fsdp=1")
+    assert load_error("train.mesh.data=16", "train.mesh.fsdp=1") == (
+        "config key 'train.batch_size': must be a multiple of 32: train.grad_accum_steps (2) micro-batches, each split "
+        "over the 16 devices of the fixed train.mesh data x fsdp axes (got 16)"
+    )
     assert load_config("xgen-small-4b", ["train.mesh.data=8"]).train.mesh.fsdp == -1
 
 
@@ -184,10 +187,12 @@ def _validate_error(tree: dict) -> str:
         (lambda t: t["mixture"]["signals"][0].update(tag_weight=-1), "mixture.signals.0.tag_weight"),
         (lambda t: t["mixture"]["stages"][1].update(tokens=0), "mixture.stages.1.tokens"),
         (lambda t: t["mixture"]["stages"][1].update(pl_share=1.5), "mixture.stages.1.pl_share"),
-        (lambda t: t["mixture"]["stages"][3].update(min_quality_percentile=-0.1), "mixture.stages.3.min_quality_percentile"),
+        (lambda t: t["mixture"]["stages"][3].update(min_quality_percentile=-0.1),
+         "mixture.stages.3.min_quality_percentile"),
         (lambda t: t["quality_train"]["classifiers"][3].update(name="code"), "quality_train.classifiers"),
         (lambda t: [c.update(kind="domain") for c in t["quality_train"]["classifiers"]], "quality_train.classifiers"),
-        (lambda t: t["sample_corpus"].update(code_docs=0, prose_docs=0, math_docs=0, web_docs=0), "sample_corpus.web_docs"),
+        (lambda t: t["sample_corpus"].update(code_docs=0, prose_docs=0, math_docs=0, web_docs=0),
+         "sample_corpus.web_docs"),
     ],
 )
 def test_sections_that_must_agree_are_checked_together(change, key):

@@ -129,11 +129,11 @@ class QualityTrainConfig(Section):
     seed: Seed
 
     @model_validator(mode="after")
-    def _unique_classifier_names(self):
+    def _classifiers_can_be_trained_and_tested(self):
         names = [c.name for c in self.classifiers]  # each names a model file and a score column
         require(len(set(names)) == len(names), "classifiers", names, "unique classifier names")
         require(int(self.max_docs_per_class * self.holdout_fraction) >= 1, "holdout_fraction", self.holdout_fraction,
-                f"large enough to hold out a document of each class from max_docs_per_class ({self.max_docs_per_class})")
+                f"enough to hold out a document of each class of max_docs_per_class ({self.max_docs_per_class})")
         return self
 
 
@@ -335,8 +335,9 @@ class XgenConfig(Section):
         micro_batch = train.batch_size // train.grad_accum_steps
         batch_devices = math.prod(size for size in (mesh.data, mesh.fsdp) if size != -1)
         require(micro_batch % batch_devices == 0, "train.batch_size", train.batch_size,
-                f"a multiple of train.grad_accum_steps x mesh.data x mesh.fsdp ({train.grad_accum_steps} x "
-                f"{batch_devices}): each micro-batch is split over the data and fsdp axes")
+                f"a multiple of {train.grad_accum_steps * batch_devices}: train.grad_accum_steps "
+                f"({train.grad_accum_steps}) micro-batches, each split over the {batch_devices} devices of the fixed "
+                "train.mesh data x fsdp axes")
         return self
 
     @model_validator(mode="after")
