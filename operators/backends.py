@@ -1,7 +1,8 @@
-"""Where a stage's container command runs. `local`: a subprocess on the Airflow worker.
+"""Where a stage's entrypoint runs. One backend exists: `local`, a subprocess on the Airflow worker (with
+`orchestration.python` as its interpreter, empty = the worker's own).
 
-Every backend receives the same argv (the stage entrypoint and its flags); Kubernetes, Docker and Dataproc
-backends render that argv into a pod, container or Spark job spec the same way.
+A backend is a class with run(argv, log) -> output lines, registered in BACKENDS under the name that
+`orchestration.backend` accepts; it receives the stage entrypoint and its flags (the same argv for any backend).
 """
 
 from __future__ import annotations
@@ -49,3 +50,11 @@ def make_backend(name: str, **options) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     return BACKENDS[name](**options)
+
+
+def backend_for(profile: str, overrides: list[str]) -> Backend:
+    """The backend the run's config names (`orchestration`, after the DAG run's overrides), with its options."""
+    from xgen_core.config import load_config
+
+    orchestration = load_config(profile, overrides).orchestration
+    return make_backend(orchestration.backend, python=orchestration.python)

@@ -13,7 +13,6 @@ COMMON_PARAMS = {
     "profile": Param("tiny", type="string", description="config profile from configs/"),
     "root": Param("", type="string", description="artifact root; empty = the profile's"),
     "overrides": Param([], type="array", items={"type": "string"}, description="config overrides key=value"),
-    "backend": Param("local", type="string", enum=["local"], description="where each stage runs"),
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from operators.backends import make_backend
+from operators.backends import backend_for
 from xgen_core.stages import get_stage
 
 
@@ -29,7 +29,7 @@ class XgenStageOperator(BaseOperator):
     def execute(self, context) -> str | None:
         params = context["params"]
         argv = stage_argv(self.stage.entrypoint_module, params, context["run_id"], self.param_overrides)
-        backend = make_backend(params.get("backend") or "local")
+        backend = backend_for(params.get("profile") or "tiny", list(params.get("overrides") or []))
         lines = backend.run(argv, self.log.info)
         return artifact_from_output(self.stage.name, lines)
 

@@ -21,7 +21,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_lists_the_groups():
     out = run_cli("--help").stdout
-    for group in ("data", "train", "eval", "model", "pipeline", "config"):
+    for group in ("data", "train", "model", "pipeline", "config"):
         assert group in out
 
 

@@ -1,4 +1,4 @@
-"""The `xgen` command. Groups data / train / eval / model / pipeline; one command per stage, from the stage table."""
+"""The `xgen` command: one command per stage, from the stage table, plus tools; each group lists what it holds."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Callable
 from xgen_core.errors import XgenError
 from xgen_core.stages import STAGES, Stage, new_run_id
 
-GROUPS = {
-    "data": "curation stages (Spark): sample corpus, ingest, dedup, signals, mixtures",
-    "train": "training stages (JAX): tokenizer, packing, pretraining, length extension, post-training",
-    "eval": "evaluation stages: long context, code, math",
-    "model": "model tools: presets, parameter counts, export",
-    "pipeline": "whole runs: run every stage in order, the run report, the stage table",
-    "config": "the resolved configuration of a profile",
+GROUPS = {  # the help lists each group's commands as registered; a group without commands is left out
+    "data": "curation stages",
+    "train": "training stages",
+    "eval": "evaluation stages",
+    "model": "model tools",
+    "pipeline": "whole runs",
+    "config": "the resolved configuration",
 }
 
 # Commands that are not stages: (group, name) -> (help, add_arguments, handler). Later modules register here.
@@ -49,7 +49,7 @@ def _fail(args, message: str, code: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xgen", description="xgen-pipeline: raw crawl to an evaluated model.")
+    parser = argparse.ArgumentParser(prog="xgen", description="xgen-pipeline: raw crawl to a pretrained model.")
     _add_global_flags(parser)
     groups = parser.add_subparsers(title="groups", metavar="GROUP")
     group_parsers = {}
@@ -65,7 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
         _add_global_flags(command)
         add_arguments(command)
         command.set_defaults(handler=handler)
+    _list_commands_in_group_help(groups, group_parsers)
     return parser
+
+
+def _list_commands_in_group_help(groups, group_parsers) -> None:
+    """Each group's help names the commands it holds; groups holding none are dropped (argparse internals: the
+    listed choices and the name map are the only places a sub-parser is recorded)."""
+    for choice in list(groups._choices_actions):
+        commands = [action.dest for action in group_parsers[choice.dest]._choices_actions]
+        if not commands:
+            groups._choices_actions.remove(choice)
+            del groups._name_parser_map[choice.dest]
+            continue
+        choice.help = f"{GROUPS[choice.dest]}: {', '.join(commands)}"
+        groups._name_parser_map[choice.dest].description = choice.help
 
 
 def _add_global_flags(parser: argparse.ArgumentParser) -> None:
@@ -88,12 +102,21 @@ def _add_stage_command(group_parser, stage: Stage) -> None:
     command.add_argument("--root", help="artifact root (overrides config `root`)")
     command.add_argument("--run-id", help="run to record this stage in (default: a new one)")
     if stage.upstream or stage.external_inputs:
-        command.add_argument("--input", action="append", metavar="URI", help="read this instead of the upstream artifact")
+        command.add_argument("--input", action="append", metavar="[UPSTREAM=]URI", help=_input_help(stage))
     if not stage.run_scoped:
         command.add_argument("--output", "--out", dest="output", metavar="URI", help="write exactly here")
     for flag in stage.flags:
         command.add_argument(flag.name, type=flag.type, help=f"{flag.help} (config {flag.key})")
     command.set_defaults(handler=lambda args: _run_stage_command(stage, args))
+
+
+def _input_help(stage: Stage) -> str:
+    named = f"UPSTREAM=URI reads URI as that upstream's artifact ({', '.join(stage.upstream)})"
+    if stage.external_inputs:
+        return f"input files or folders, repeatable (config {stage.external_inputs}); or {named}"
+    if len(stage.upstream) == 1:
+        return f"URI or {named}"
+    return f"{named}, repeatable; upstreams not named come from the config"
 
 
 def _run_stage_command(stage: Stage, args) -> None:
@@ -164,7 +187,7 @@ def _run_pipeline_command(args) -> None:
 
 def _stages_command(args) -> None:
     rows = [
-        {"name": s.name, "group": s.group, "backend": s.backend, "upstream": list(s.upstream),
+        {"name": s.name, "group": s.group, "backend": s.backend, "resources": s.resources, "upstream": list(s.upstream),
          "entrypoint": s.entrypoint_module, "function": s.fn}
         for s in STAGES
     ]
@@ -172,7 +195,8 @@ def _stages_command(args) -> None:
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
-        print(f"{row['name']:<16} {row['group']:<9} {row['backend']:<7} {row['entrypoint']:<26} <- {', '.join(row['upstream']) or '-'}")
+        print(f"{row['name']:<16} {row['group']:<9} {row['backend']:<7} {row['resources']:<6} {row['entrypoint']:<26} "
+              f"<- {', '.join(row['upstream']) or '-'}")
 
 
 def _configure_logging(verbose: bool) -> None:

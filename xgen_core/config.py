@@ -7,34 +7,58 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from xgen_core.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_PROFILE = "base"
 
+# One LR phase per curriculum stage, in order (xgen_core/train/schedule.py spans each phase over its stage).
+CURRICULUM_PHASES = ("warmup", "constant", "slow_decay", "fast_decay")
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy's and JAX's uint32 seeds
+Share = Annotated[float, Field(ge=0, le=1)]  # a probability, a fraction or a percentile
+Threshold = Annotated[float, Field(gt=0, le=1)]
+MeshAxis = Annotated[int, Field(ge=-1)]  # devices along a mesh axis; -1 = all remaining ones (0 is refused below)
+
+CONFIG_RULE = "config_rule"  # error type of the cross-field checks: ctx names the key, its value, what is allowed
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """A cross-field check: fails with the key (relative to the section that checks it), its value and the rule."""
+    if not ok:
+        raise PydanticCustomError(CONFIG_RULE, "{allowed}", {"key": key, "value": value, "allowed": allowed})
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SparkConfig(Section):
     master: str
     app_name: str
     driver_memory: str
-    shuffle_partitions: int
+    shuffle_partitions: int = Field(ge=1)
     class_data_sharing: bool
     conf: dict[str, str | int | float | bool]
 
 
 class StorageConfig(Section):
-    lease_ttl_s: float
-    heartbeat_s: float
+    lease_ttl_s: float = Field(gt=0)
+    heartbeat_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self):
+        require(self.heartbeat_s < self.lease_ttl_s, "heartbeat_s", self.heartbeat_s,
+                f"below lease_ttl_s ({self.lease_ttl_s:g}): a live writer's lease must not expire between heartbeats")
+        return self
 
 
 class OrchestrationConfig(Section):
@@ -43,39 +67,50 @@ class OrchestrationConfig(Section):
 
 
 class SampleCorpusConfig(Section):
-    seed: int
-    snapshots: list[str]
-    code_docs: int
-    prose_docs: int
-    math_docs: int
-    web_docs: int
-    near_duplicate_rate: float
-    wet_fraction: float
+    seed: Seed
+    snapshots: list[str] = Field(min_length=1)
+    code_docs: int = Field(ge=0)
+    prose_docs: int = Field(ge=0)
+    math_docs: int = Field(ge=0)
+    web_docs: int = Field(ge=0)
+    near_duplicate_rate: Share
+    wet_fraction: Share
+
+    @model_validator(mode="after")
+    def _some_documents(self):
+        total = self.code_docs + self.prose_docs + self.math_docs + self.web_docs
+        require(total > 0, "web_docs", self.web_docs, "> 0 when the other *_docs counts are 0 (no documents at all)")
+        return self
 
 
 class IngestConfig(Section):
     inputs: list[str]
-    max_bad_fraction: float
-    max_text_chars: int
+    max_bad_fraction: Share
+    max_text_chars: int = Field(ge=1)
     language_model: str
-    language_chars: int
+    language_chars: int = Field(ge=1)
     default_snapshot: str
     append_to: str
 
 
 class DedupConfig(Section):
     inputs: list[str]
-    ngram: int
-    num_perm: int
-    seed: int
+    ngram: int = Field(ge=1)
+    num_perm: int = Field(ge=1)
+    seed: Seed
     hash_scheme: Literal["fast", "datasketch"]
-    threshold: float
-    top_k: int
+    threshold: Threshold
+    top_k: int = Field(ge=1)
     verify_jaccard: bool
     rank_by: list[Literal["quality", "recency", "length"]]
-    rows_per_chunk: int
-    max_doc_chars: int
+    rows_per_chunk: int = Field(ge=1)
+    max_doc_chars: int = Field(ge=1)
     reuse_signatures_from: str
+
+    @model_validator(mode="after")
+    def _rank_keys_once(self):
+        require(len(set(self.rank_by)) == len(self.rank_by), "rank_by", self.rank_by, "a list without repeats")
+        return self
 
 
 NEGATIVE_LABEL = "__label__negative"  # the label trained classifiers give their negatives
@@ -102,24 +137,30 @@ class ClassifierConfig(Section):
 class FastTextConfig(Section):
     """Keyword arguments of fasttext.train_supervised, under fastText's own names."""
 
-    dim: int
-    epoch: int
-    lr: float
-    wordNgrams: int
-    minCount: int
-    bucket: int
+    dim: int = Field(ge=1)
+    epoch: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    wordNgrams: int = Field(ge=1)
+    minCount: int = Field(ge=1)
+    bucket: int = Field(ge=1)
     # fastText 0.9.2 initialises the input matrix in 10 blocks, one per training thread: below 10 threads part of it
     # stays uninitialised and training fails with "Encountered NaN" (4 and 5 of 8 runs at thread=1 and 2 here).
-    thread: Annotated[int, Field(ge=10)]
+    thread: int = Field(ge=10)
 
 
 class QualityTrainConfig(Section):
     classifiers: list[ClassifierConfig]
     reference_inputs: dict[str, list[str]]
-    max_docs_per_class: int
-    holdout_fraction: float
+    max_docs_per_class: int = Field(ge=1)
+    holdout_fraction: float = Field(gt=0, lt=1)
     fasttext: FastTextConfig
-    seed: int
+    seed: Seed
+
+    @model_validator(mode="after")
+    def _classifiers_can_be_tested(self):
+        require(int(self.max_docs_per_class * self.holdout_fraction) >= 1, "holdout_fraction", self.holdout_fraction,
+                f"enough to hold out a document of each class of max_docs_per_class ({self.max_docs_per_class})")
+        return self
 
     @field_validator("classifiers")
     @classmethod
@@ -153,12 +194,27 @@ class QualityTrainConfig(Section):
 
 class SignalsConfig(Section):
     heuristics: dict[str, float]
-    domain_tag_threshold: float
-    languages: list[str]
-    min_language_score: float
-    decontam_ngram: int
+    domain_tag_threshold: Threshold
+    languages: list[str] = Field(min_length=1)
+    min_language_score: Share
+    decontam_ngram: int = Field(ge=1)
     eval_sets: list[Literal["humaneval", "math_eval", "long_context"]]
-    output_files: int
+    output_files: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _known_heuristic_limits(self):
+        from xgen_core.data.heuristics import RULES
+
+        for rule, limit in self.heuristics.items():
+            key = f"heuristics.{rule}"
+            require(rule in RULES, key, limit, f"a known rule name ({', '.join(RULES)})")
+            require(limit >= 0 and (limit <= 1 or not rule.endswith("_ratio")), key, limit,
+                    "a share in [0, 1]" if rule.endswith("_ratio") else ">= 0")
+        for low, high in (("min_words", "max_words"), ("min_mean_word_length", "max_mean_word_length")):
+            if low in self.heuristics and high in self.heuristics:
+                require(self.heuristics[low] <= self.heuristics[high], f"heuristics.{low}", self.heuristics[low],
+                        f"<= heuristics.{high} ({self.heuristics[high]:g})")
+        return self
 
 
 class SignalRuleConfig(Section):
@@ -166,15 +222,28 @@ class SignalRuleConfig(Section):
     kind: Literal["percentile", "tag", "buckets"]
     column: str
     buckets: list[tuple[float, float]]
-    tag_weight: float
-    share: float
+    tag_weight: float = Field(ge=0)
+    share: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _buckets_fit_the_kind(self):
+        if self.kind == "tag":
+            require(not self.buckets, "buckets", self.buckets, "[] for a tag signal (it weighs by tag_weight)")
+            return self
+        bounds, weights = [b for b, _ in self.buckets], [w for _, w in self.buckets]
+        require(bool(bounds), "buckets", self.buckets, f"at least one [upper bound, weight] for a {self.kind} signal")
+        require(all(a < b for a, b in zip(bounds, bounds[1:])), "buckets", self.buckets, "strictly ascending bounds")
+        require(min(weights) >= 0 and max(weights) > 0, "buckets", self.buckets, "weights >= 0, at least one > 0")
+        if self.kind == "percentile":
+            require(0 <= bounds[0] and bounds[-1] <= 1, "buckets", self.buckets, "percentile bounds in [0, 1]")
+        return self
 
 
 class CurriculumStageConfig(Section):
     name: str
-    tokens: int
-    pl_share: float
-    min_quality_percentile: float
+    tokens: int = Field(ge=1)
+    pl_share: Share
+    min_quality_percentile: Share
 
 
 class MixtureConfig(Section):
@@ -182,22 +251,44 @@ class MixtureConfig(Section):
     merge: Literal["mixture", "mean", "max"]
     stages: list[CurriculumStageConfig]
     pl_tag: str
-    chars_per_token: float
-    seed: int
-    output_files: int
-    top_k_per_cluster: Annotated[int, Field(ge=1)]
+    chars_per_token: float = Field(gt=0)
+    seed: Seed
+    output_files: int = Field(ge=1)
+    top_k_per_cluster: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _curriculum_and_signals(self):
+        names = [stage.name for stage in self.stages]
+        require(len(names) == len(CURRICULUM_PHASES), "stages", names,
+                f"{len(CURRICULUM_PHASES)} curriculum stages, one per LR phase ({', '.join(CURRICULUM_PHASES)})")
+        require(len(set(names)) == len(names), "stages", names, "unique stage names")
+        signal_names = [signal.name for signal in self.signals]
+        require(bool(signal_names), "signals", signal_names, "at least one signal")
+        require(len(set(signal_names)) == len(signal_names), "signals", signal_names, "unique signal names")
+        if self.merge == "mixture":
+            require(sum(signal.share for signal in self.signals) > 0, "signals", [s.share for s in self.signals],
+                    "shares summing to more than 0 (merge: mixture weighs each signal by its share)")
+        return self
 
 
 class TokenizerConfig(Section):
-    vocab_size: int
-    min_frequency: int
-    max_documents: int
+    vocab_size: int = Field(ge=1)
+    min_frequency: int = Field(ge=0)
+    max_documents: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _room_for_the_byte_alphabet(self):
+        from xgen_core.tokens.tokenizer import minimum_vocab_size
+
+        require(self.vocab_size >= minimum_vocab_size(), "vocab_size", self.vocab_size,
+                f">= {minimum_vocab_size()}, the byte alphabet plus the special tokens")
+        return self
 
 
 class PackConfig(Section):
-    seq_len: int
-    heldout_fraction: float
-    rows_per_shard: int
+    seq_len: int = Field(ge=1)
+    heldout_fraction: float = Field(gt=0, lt=1)
+    rows_per_shard: int = Field(ge=1)
 
 
 class ModelConfig(Section):
@@ -210,44 +301,61 @@ class ModelConfig(Section):
 
 
 class MeshConfig(Section):
-    data: int
-    fsdp: int
-    tensor: int
+    data: MeshAxis
+    fsdp: MeshAxis
+    tensor: MeshAxis
     distributed: bool
+
+    @model_validator(mode="after")
+    def _one_remaining_axis(self):
+        axes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for axis, size in axes.items():
+            require(size != 0, axis, size, ">= 1 devices, or -1 for all remaining devices")
+        remaining = [axis for axis, size in axes.items() if size == -1]
+        if len(remaining) > 1:
+            require(False, remaining[1], -1,
+                    f"a device count: only one axis may be -1 (all remaining devices), and {remaining[0]} already is")
+        return self
 
 
 class TrainConfig(Section):
-    batch_size: int
-    grad_accum_steps: int
-    peak_lr: float
-    slow_decay_end_ratio: float
-    final_lr_ratio: float
-    weight_decay: float
-    b1: float
-    b2: float
-    eps: float
-    grad_clip: float
-    seed: int
+    batch_size: int = Field(ge=1)
+    grad_accum_steps: int = Field(ge=1)
+    peak_lr: float = Field(gt=0)
+    slow_decay_end_ratio: Threshold
+    final_lr_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    b1: float = Field(ge=0, lt=1)
+    b2: float = Field(ge=0, lt=1)
+    eps: float = Field(gt=0)
+    grad_clip: float = Field(gt=0)
+    seed: Seed
+
+    @model_validator(mode="after")
+    def _decay_goes_down(self):
+        require(self.final_lr_ratio < self.slow_decay_end_ratio, "final_lr_ratio", self.final_lr_ratio,
+                f"below slow_decay_end_ratio ({self.slow_decay_end_ratio:g}): the fast decay goes down from there")
+        return self
 
 
 class TrainRunConfig(Section):
     """How a pretraining run executes: none of it changes the trained model, so none of it versions the artifact."""
 
-    max_steps: int | None
-    checkpoint_every: int
-    keep_checkpoints: int
-    eval_every: int
-    eval_batches: int
-    spike_factor: float
-    spike_warmup_steps: int
-    peak_flops_per_device: float | None
+    max_steps: int | None = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    eval_every: int = Field(ge=1)
+    eval_batches: int = Field(ge=1)
+    spike_factor: float = Field(gt=1)
+    spike_warmup_steps: int = Field(ge=0)
+    peak_flops_per_device: float | None = Field(gt=0)
     mesh: MeshConfig
 
 
 class XgenConfig(Section):
     profile: str
     root: str
-    seed: int
+    seed: Seed
     spark: SparkConfig
     storage: StorageConfig
     orchestration: OrchestrationConfig
@@ -276,6 +384,47 @@ class XgenConfig(Section):
     def section_dump(self, dotted: str) -> Any:
         value = self.section(dotted)
         return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self):
+        train, mesh = self.train, self.train_run.mesh
+        require(train.batch_size % train.grad_accum_steps == 0, "train.grad_accum_steps", train.grad_accum_steps,
+                f"a divisor of train.batch_size ({train.batch_size})")
+        micro_batch = train.batch_size // train.grad_accum_steps
+        batch_devices = math.prod(size for size in (mesh.data, mesh.fsdp) if size != -1)
+        require(micro_batch % batch_devices == 0, "train.batch_size", train.batch_size,
+                f"a multiple of {train.grad_accum_steps * batch_devices}: train.grad_accum_steps "
+                f"({train.grad_accum_steps}) micro-batches, each split over the {batch_devices} devices of the fixed "
+                "train_run.mesh data x fsdp axes")
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits_tokenizer(self):
+        from xgen_core.model.presets import PRESETS
+
+        preset = PRESETS.get(self.model.preset)
+        require(preset is not None, "model.preset", self.model.preset, f"one of {', '.join(PRESETS)}")
+        require(self.tokenizer.vocab_size <= preset.vocab_size, "tokenizer.vocab_size", self.tokenizer.vocab_size,
+                f"<= the {preset.vocab_size} embedding rows of model preset {preset.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _mixture_reads_existing_scores(self):
+        kinds = {c.name: c.kind for c in self.quality_train.classifiers}
+        domains = [name for name, kind in kinds.items() if kind == "domain"]
+        require("quality" in kinds.values(), "quality_train.classifiers", list(kinds),
+                "at least one kind: quality classifier (the mixture ranks clusters by the quality scores)")
+        for index, signal in enumerate(self.mixture.signals):
+            key = f"mixture.signals.{index}.column"
+            if signal.kind == "tag":
+                require(signal.column in domains, key, signal.column, f"a domain classifier: {', '.join(domains)}")
+            elif signal.column.startswith(("quality_", "domain_")):
+                kind, _, name = signal.column.partition("_")
+                require(kinds.get(name) == kind, key, signal.column,
+                        f"the score column of a classifier: {', '.join(f'{k}_{n}' for n, k in kinds.items())}")
+        require(self.mixture.pl_tag in domains, "mixture.pl_tag", self.mixture.pl_tag,
+                f"a domain classifier: {', '.join(domains)}")
+        return self
 
 
 def available_profiles() -> list[str]:
@@ -374,6 +523,10 @@ def _describe(exc: ValidationError) -> str:
             problems.append(f"unknown config key {key!r}; allowed here: {_allowed_at(err['loc'][:-1])}")
         elif err["type"] == "missing":
             problems.append(f"config key {key!r} is missing (base.yaml must define every key)")
+        elif err["type"] == CONFIG_RULE:
+            ctx = err["ctx"]
+            key = ".".join([*(str(p) for p in err["loc"]), ctx["key"]])
+            problems.append(f"config key {key!r}: must be {ctx['allowed']} (got {ctx['value']!r})")
         else:
             problems.append(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(problems)

@@ -43,7 +43,7 @@ class Stage:
     upstream: tuple[str, ...]
     config_sections: tuple[str, ...]  # config that decides the output, hashed into the version
     backend: str  # spark | jax | python
-    resources: str  # what one run needs at paper scale, read by the operators
+    resources: str  # what one run needs at paper scale (cpu | spark | tpu), listed by `xgen pipeline stages`
     description: str
     code_version: int = 1  # bump when the function's output changes for the same config and inputs
     external_inputs: str | None = None  # config key listing input URIs that, when set, replace the upstream
@@ -256,29 +256,72 @@ def resolve(cfg: XgenConfig, name: str, explicit_inputs: list[str] | None = None
     stage = get_stage(name)
     inputs: dict[str, str] = {}
     input_ids: dict[str, str] = {}
-    external = list(explicit_inputs or []) if stage.external_inputs else []
-    if not external and stage.external_inputs:
+    named, external = split_explicit_inputs(stage, explicit_inputs or [])
+    if not external and not named and stage.external_inputs:
         external = list(cfg.section(stage.external_inputs))
     if external:
         files = list(iter_files(external))
         if not files:
             raise XgenError(f"{stage.name}: no input files found under {', '.join(external)}")
         input_ids["external"] = artifacts.listing_digest(files)
-    elif explicit_inputs:
-        if not stage.upstream:
-            raise XgenError(f"{stage.name} takes no --input")
-        uri = normalize_uri(explicit_inputs[0])
-        inputs[stage.upstream[0]] = uri
-        input_ids[stage.upstream[0]] = artifacts.listing_digest(list(iter_files([uri])))
     else:
         for upstream in stage.upstream:
-            up = resolve(cfg, upstream)
-            inputs[upstream] = up.uri
-            input_ids[upstream] = up.version
+            if upstream in named:
+                inputs[upstream] = named[upstream]
+                input_ids[upstream] = artifacts.listing_digest(list(iter_files([named[upstream]])))
+            else:
+                up = resolve(cfg, upstream)
+                inputs[upstream] = up.uri
+                input_ids[upstream] = up.version
     config = {section: cfg.section_dump(section) for section in stage.config_sections}
     version = artifacts.stage_version(stage.name, stage.code_version, config, input_ids)
     uri = normalize_uri(output) if output else artifacts.artifact_uri(cfg.root, stage.name, version)
     return Resolved(stage, version, uri, inputs, external, input_ids)
+
+
+_UPSTREAM_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.+)$")
+
+
+def split_explicit_inputs(stage: Stage, values: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`--input` values -> (upstream name -> artifact URI, external input URIs).
+
+    `--input UPSTREAM=URI` replaces that upstream's artifact; upstreams not named come from the config as usual. A bare
+    `--input URI` is an external input file or folder on a stage that takes them (ingest, dedup; repeatable), else the
+    artifact of the stage's only upstream. A stage with several upstreams needs every `--input` named.
+    """
+    named: dict[str, str] = {}
+    bare: list[str] = []
+    for value in values:
+        match = _UPSTREAM_NAME.match(value)
+        if not match:
+            bare.append(value)
+            continue
+        upstream, uri = match.group(1).replace("-", "_"), match.group(2)
+        if upstream not in stage.upstream:
+            raise XgenError(f"{stage.name}: --input {value}: {stage.name} has no upstream {upstream!r}; "
+                            f"{_upstream_names(stage)}")
+        if upstream in named:
+            raise XgenError(f"{stage.name}: --input {upstream}=... given twice")
+        named[upstream] = normalize_uri(uri)
+    if not bare:
+        return named, []
+    if stage.external_inputs:
+        if named:
+            raise XgenError(f"{stage.name}: --input {bare[0]} (input files) and --input {next(iter(named))}=... "
+                            "(an upstream artifact) both replace the upstream: give one or the other")
+        return {}, bare
+    if not stage.upstream:
+        raise XgenError(f"{stage.name} takes no --input")
+    if len(stage.upstream) == 1:
+        if len(values) > 1:
+            raise XgenError(f"{stage.name}: one --input for its one upstream ({stage.upstream[0]}), got {len(values)}")
+        return {stage.upstream[0]: normalize_uri(bare[0])}, []
+    raise XgenError(f"{stage.name}: --input {bare[-1]} does not say which upstream it replaces; "
+                    f"write --input UPSTREAM=URI ({_upstream_names(stage)})")
+
+
+def _upstream_names(stage: Stage) -> str:
+    return f"its upstreams: {', '.join(stage.upstream)}" if stage.upstream else "it has none"
 
 
 @dataclass

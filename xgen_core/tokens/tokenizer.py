@@ -20,9 +20,14 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 
 
+def minimum_vocab_size() -> int:
+    """The byte alphabet plus the special tokens: the smallest vocabulary a byte-level BPE can have."""
+    return len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
     """Byte-level BPE: every byte is in the base alphabet, so no text is ever out of vocabulary."""
-    minimum = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
+    minimum = minimum_vocab_size()
     if vocab_size < minimum:
         raise XgenError(f"tokenizer vocab_size {vocab_size} is below the byte alphabet plus special tokens ({minimum})")
     tokenizer = Tokenizer(models.BPE())

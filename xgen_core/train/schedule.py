@@ -16,9 +16,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from xgen_core.config import CURRICULUM_PHASES
 from xgen_core.errors import XgenError
 
-PHASES = ("warmup", "constant", "slow_decay", "fast_decay")
+PHASES = CURRICULUM_PHASES
 
 
 @dataclasses.dataclass(frozen=True)
