@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from xgen_core.config import DedupConfig
+from xgen_core.data import prepared_layout
 from xgen_core.data.dedup.candidates import candidate_edges, verified_edges
 from xgen_core.data.dedup.components import connected_components
 from xgen_core.data.dedup.documents import (
@@ -89,16 +90,10 @@ def cluster_size_histogram(spark: SparkSession, output_uri: str) -> list[tuple[i
     return [(int(row.cluster_size), int(row["count"])) for row in rows]
 
 
-def documents_uri(uri: str) -> str:
-    """A committed stage artifact holds its documents under data/; anything else is read as given."""
-    from xgen_core.artifacts import is_committed
-
-    return join(uri, "data") if is_committed(uri) else uri
-
-
 def run(ctx) -> dict:
-    """The `dedup` stage: reads the ingest artifact (or --input), writes data/, quarantine/, signatures/."""
-    source = ctx.external_inputs or [documents_uri(ctx.inputs["ingest"])]
+    """The `dedup` stage: reads every snapshot partition of the ingest artifact, those an append references included
+    (or --input), and writes data/, quarantine/, signatures/."""
+    source = ctx.external_inputs or prepared_layout.document_uris(ctx.inputs["ingest"])
     previous = ctx.cfg.dedup.reuse_signatures_from or None
     counts = run_dedup(ctx.spark(), source, ctx.output, ctx.cfg.dedup, previous, ctx.log)
     histogram = cluster_size_histogram(ctx.spark(), ctx.output)
