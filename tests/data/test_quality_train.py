@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from xgen_core.config import load_config
+from xgen_core.config import QualityTrainConfig, load_config
 from xgen_core.errors import ConfigError, XgenError
 
 MATH = "theorem proof integral equation lemma derivative matrix vector".split()
@@ -56,17 +57,25 @@ def wet_only_dedup(tmp_path) -> str:
     folder = tmp_path / "dedup" / "data"
     folder.mkdir(parents=True)
     texts = [words(WEB, i) for i in range(40)]
-    table = pa.table({"id": [f"w{i}" for i in range(40)], "text": texts, "source": ["wet"] * 40, "kept": [True] * 40})
+    table = pa.table({"id": [f"w{i}" for i in range(40)], "text": texts, "source": ["wet"] * 40,
+                      "cluster_id": [f"w{i}" for i in range(40)], "cluster_rank": [1] * 40})
     pq.write_table(table, folder / "part-0.parquet")
     return str(tmp_path / "dedup")
 
 
-def reference_config(references: list[str], *extra: str):
+def quality_section(classifiers: list[str], references: dict | None = None) -> QualityTrainConfig:
+    """The tiny profile's quality_train section with other classifiers, checked as a section on its own (the whole
+    config would also ask the mixture's signals to name these classifiers)."""
+    tree = load_config("tiny", ["quality_train.fasttext.bucket=4096", "quality_train.fasttext.dim=8"]).quality_train
+    return QualityTrainConfig.model_validate({
+        **tree.model_dump(), "classifiers": [yaml.safe_load(entry) for entry in classifiers],
+        "reference_inputs": references or {},
+    })  # fmt: skip
+
+
+def reference_config(references: list[str]) -> QualityTrainConfig:
     entry = "{name: math_ref, kind: quality, positive_sources: [], negative_sources: [wet]}"
-    return load_config("tiny", [
-        f"quality_train.classifiers=[{entry}]", f"quality_train.reference_inputs={{math_ref: {json.dumps(references)}}}",
-        "quality_train.fasttext.bucket=4096", "quality_train.fasttext.dim=8", *extra,
-    ]).quality_train  # fmt: skip
+    return quality_section([entry], {"math_ref": references})
 
 
 @pytest.mark.spark
@@ -96,7 +105,7 @@ def test_without_positives_the_stage_names_the_key_to_set(spark, tmp_path, wet_o
     from xgen_core.data.quality_train import run_quality_train
 
     entry = "{name: prose_ref, kind: quality, positive_sources: [prose], negative_sources: [wet]}"
-    cfg = load_config("tiny", [f"quality_train.classifiers=[{entry}]"]).quality_train
+    cfg = quality_section([entry])
     with pytest.raises(XgenError, match=r"no positive training documents .* set quality_train\.reference_inputs\.prose_ref"):
         run_quality_train(spark, wet_only_dedup, str(tmp_path / "out"), cfg)
 
@@ -112,7 +121,7 @@ def test_a_provided_fasttext_model_is_used_as_it_is(spark, tmp_path, wet_only_de
     path = tmp_path / "brought" / "hq.bin"
     sha256 = textclf.save(brought, str(path))
     entry = f"{{name: hq, kind: quality, positive_sources: [], negative_sources: [], model: {path}, positive_label: __label__hq}}"
-    cfg = load_config("tiny", [f"quality_train.classifiers=[{entry}]"]).quality_train
+    cfg = quality_section([entry])
     out = tmp_path / "out"
     result = run_quality_train(spark, wet_only_dedup, str(out), cfg)
     assert result["metrics"]["hq"] == {"kind": "quality", "trained": False, "model": str(path)}
@@ -122,6 +131,23 @@ def test_a_provided_fasttext_model_is_used_as_it_is(spark, tmp_path, wet_only_de
     assert textclf.scores(textclf.load(ref), [words(MATH, 3)], "__label__hq")[0] > 0.5
 
     wrong = entry.replace("__label__hq", "__label__good")
-    cfg = load_config("tiny", [f"quality_train.classifiers=[{wrong}]"]).quality_train
+    cfg = quality_section([wrong])
     with pytest.raises(XgenError, match="has no label '__label__good'"):
         run_quality_train(spark, wet_only_dedup, str(tmp_path / "out2"), cfg)
+
+
+@pytest.mark.spark
+def test_one_document_per_cluster_trains_so_variants_never_straddle_the_held_out_split(spark, tmp_path):
+    from xgen_core.data.quality_train import run_quality_train
+
+    folder = tmp_path / "dedup" / "data"
+    folder.mkdir(parents=True)
+    rows = [{"id": f"w{c}-{v}", "text": words(WEB, c) + f" variant {v}", "source": "wet", "cluster_id": f"w{c}",
+             "cluster_rank": v + 1, "kept": True} for c in range(20) for v in range(3)]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    reference = tmp_path / "reference" / "math.jsonl"
+    reference.parent.mkdir()
+    reference.write_text("\n".join(json.dumps({"text": words(MATH, i)}) for i in range(20)) + "\n")
+    result = run_quality_train(spark, str(tmp_path / "dedup"), str(tmp_path / "out"), reference_config([str(reference)]))
+    metrics = result["metrics"]["math_ref"]
+    assert metrics["n_train_negative"] == 16  # 20 clusters, one document each, 4 held out (not 60 variants)

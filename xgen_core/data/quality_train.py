@@ -136,7 +136,9 @@ def run_quality_train(
 ) -> dict:
     """Write output_uri/models/{name}.bin per trained classifier and output_uri/classifiers.json (every classifier:
     its model URI, SHA-256 and positive label); return counts and per-classifier metrics."""
-    docs = spark.read.parquet(f"{dedup_uri}/data").filter("kept")
+    # One document per dedup cluster: near-duplicate variants of one cluster would otherwise sit on both sides of
+    # the held-out split and flatter the held-out metrics.
+    docs = spark.read.parquet(f"{dedup_uri}/data").filter("cluster_rank = 1")
     if "source" not in docs.columns:
         raise XgenError("quality_train needs a `source` column naming each document's sub-source")
     index, metrics = [], {}
