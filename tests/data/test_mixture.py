@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xgen_core.config import load_config
+from xgen_core.config import CurriculumStageConfig, load_config
 
 pytestmark = pytest.mark.spark
 
@@ -63,8 +63,9 @@ def test_each_cluster_contributes_its_top_k_passing_variants_by_quality_recency_
     signals = tmp_path / "signals"
     (signals / "data").mkdir(parents=True)
     (tmp_path / "signals-data.parquet").rename(signals / "data" / "part-0.parquet")
-    stages = "mixture.stages=[{name: all, tokens: 200000, pl_share: 0.0, min_quality_percentile: 0.0}]"
-    cfg = load_config("tiny", [stages, "mixture.top_k_per_cluster=2"]).mixture
+    # One curriculum stage over everything (the pipeline's config holds four, one per LR phase).
+    one_stage = CurriculumStageConfig(name="all", tokens=200000, pl_share=0.0, min_quality_percentile=0.0)
+    cfg = load_config("tiny", ["mixture.top_k_per_cluster=2"]).mixture.model_copy(update={"stages": [one_stage]})
     result = run_mixture(spark, str(signals), str(tmp_path / "mixture"), cfg)
     manifest = pq.read_table(str(tmp_path / "mixture" / "stages" / "all")).to_pylist()
     chosen = defaultdict(set)
