@@ -71,11 +71,12 @@ def run_program(program: str, limits: Limits = Limits(), *, allow_unisolated: bo
         program_file.write_text(program)
         if problem:
             command = _unisolated_command(program_file, limits)
-            returncode, stopped, output = _run_with_wall_clock(command, limits, (), host_dir)
+            returncode, stopped, output = _run_with_wall_clock(command, limits, (), host_dir, isolated=False)
         else:
             with _sandbox_fds(program_file) as fds:
                 command = _bwrap_command(fds, limits)
-                returncode, stopped, output = _run_with_wall_clock(command, limits, tuple(fds.values()), "/")
+                returncode, stopped, output = _run_with_wall_clock(command, limits, tuple(fds.values()), "/",
+                                                                   isolated=True)
     seconds = round(time.monotonic() - started, 3)
     if problem:
         output = f"[sandbox: ran WITHOUT isolation, as asked: {problem}]\n{output}"
@@ -185,34 +186,33 @@ def _bwrap_command(fds: dict[str, int], limits: Limits, bwrap: str | None = None
     command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(limits.tmp_bytes),
                 "--tmpfs", WORK_DIR, "--perms", "0444", "--ro-bind-data", str(fds["program"]), PROGRAM_PATH,
                 "--chdir", WORK_DIR, "--", interpreter, "-I", "-c",
-                _limits_launcher(limits, set_nproc=True, drop_to=NOBODY if as_root else None),
+                _limits_launcher(limits, drop_to=NOBODY if as_root else None),
                 interpreter, PROGRAM_PATH]
     return command
 
 
 def _unisolated_command(program_file: Path, limits: Limits) -> list[str]:
+    """Only what works without namespaces: rlimits (the process limit does not bind root, and elsewhere counts all
+    of the user's processes), a private working directory, the kill of its process group."""
     interpreter = str(_interpreter())
-    return [interpreter, "-I", "-c", _limits_launcher(limits, set_nproc=os.geteuid() != 0), interpreter,
-            str(program_file)]
+    return [interpreter, "-I", "-c", _limits_launcher(limits), interpreter, str(program_file)]
 
 
-def _limits_launcher(limits: Limits, set_nproc: bool, drop_to: int | None = None) -> str:
+def _limits_launcher(limits: Limits, drop_to: int | None = None) -> str:
     """Python that sets the rlimits (soft = hard, so the program cannot raise them), drops to `drop_to` when given,
     then execs the program. Set inside a new user namespace, the process limit counts only the sandbox's own
     processes there, not the same uid's processes elsewhere on the host."""
     cpu = limits.cpu_seconds or int(limits.timeout_s) + 1
     rlimits = {"RLIMIT_AS": limits.memory_bytes, "RLIMIT_CPU": cpu, "RLIMIT_FSIZE": limits.tmp_bytes,
-               "RLIMIT_NOFILE": limits.max_open_files, "RLIMIT_CORE": 0}
-    if set_nproc:
-        rlimits["RLIMIT_NPROC"] = limits.max_processes
+               "RLIMIT_NOFILE": limits.max_open_files, "RLIMIT_CORE": 0, "RLIMIT_NPROC": limits.max_processes}
     return ("import os, resource, sys\n"
             f"for name, value in {rlimits!r}.items():\n"
             "    resource.setrlimit(getattr(resource, name), (value, value))\n"
             + (f"os.setgroups([]); os.setgid({drop_to}); os.setuid({drop_to})\n" if drop_to is not None else "")
-            +             "os.execv(sys.argv[1], [sys.argv[1], '-I', sys.argv[2]])\n")
+            + "os.execv(sys.argv[1], [sys.argv[1], '-I', sys.argv[2]])\n")
 
 
-def _run_with_wall_clock(command, limits: Limits, pass_fds, cwd: str) -> tuple[int, str, str]:
+def _run_with_wall_clock(command, limits: Limits, pass_fds, cwd: str, isolated: bool) -> tuple[int, str, str]:
     """Run to exit, the wall limit or the output limit: (returncode, why it was stopped or "", capped output)."""
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True, pass_fds=pass_fds, cwd=cwd)
@@ -229,7 +229,7 @@ def _run_with_wall_clock(command, limits: Limits, pass_fds, cwd: str) -> tuple[i
             returncode = process.wait()
             break
         overflowed.wait(0.02)
-    if not command[0].endswith("bwrap"):
+    if not isolated:
         _kill_group(process)  # unisolated: what the program left in its group goes too (no pid namespace to end)
     reader.join(timeout=5)  # the pipe closes once every process holding it is gone
     output = kept.decode(errors="replace")
