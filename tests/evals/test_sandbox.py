@@ -3,6 +3,7 @@ process of it left behind; a correct program still passes; without isolation the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -15,8 +16,9 @@ from xgen_core.cli import main
 from xgen_core.evals import sandbox
 from xgen_core.evals.sandbox import Limits, run_code, run_program
 
-LIMITS = Limits(timeout_s=3.0, memory_bytes=256 << 20, max_processes=16, max_output_bytes=16 * 1024,
-                tmp_bytes=8 << 20)
+LIMITS = Limits(timeout_s=20.0, memory_bytes=256 << 20, max_processes=16, max_output_bytes=16 * 1024,
+                tmp_bytes=8 << 20)  # programs that end by themselves: a generous wall clock, never reached
+HANG_LIMITS = dataclasses.replace(LIMITS, timeout_s=2.0)  # programs that would run forever
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,15 +63,15 @@ def test_a_correct_program_passes_and_a_wrong_one_fails():
 
 def test_an_infinite_loop_is_killed_at_the_wall_clock():
     program, marker = marked("while True:\n    pass\n")
-    result = run_program(program, LIMITS)
+    result = run_program(program, HANG_LIMITS)
     assert (result.passed, result.status) == (False, "timeout")
-    assert result.seconds >= LIMITS.timeout_s
+    assert result.seconds >= HANG_LIMITS.timeout_s
     assert processes_marked(marker) == []
 
 
 def test_a_fork_bomb_is_bounded_and_leaves_nothing():
     program, marker = marked("while True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
-    result = run_program(program, LIMITS)
+    result = run_program(program, HANG_LIMITS)
     assert not result.passed and result.status == "timeout"
     assert processes_marked(marker) == []
 
@@ -101,10 +103,10 @@ DAEMON = ("import signal, time\n"
 
 def test_a_daemon_does_not_outlive_the_run():
     program, marker = marked(DAEMON + "time.sleep(0.5)\n")  # the run ends; its daemon would sleep on
-    run_program(program, LIMITS)
+    run_program(program, HANG_LIMITS)
     assert processes_marked(marker) == []
     program, marker = marked(DAEMON + "while True:\n    time.sleep(1)\n")  # the run is killed at its limit
-    result = run_program(program, LIMITS)
+    result = run_program(program, HANG_LIMITS)
     assert result.status == "timeout"
     assert processes_marked(marker) == []
 

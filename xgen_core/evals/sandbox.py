@@ -32,7 +32,6 @@ import threading
 import time
 from pathlib import Path
 
-STATUSES = ("passed", "failed", "timeout", "error", "refused")
 NOBODY = 65534
 PROGRAM_PATH = "/sandbox/program.py"
 WORK_DIR = "/tmp"
