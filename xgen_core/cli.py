@@ -269,5 +269,45 @@ EXTRA_COMMANDS[("train", "schedule")] = (
 )
 
 
+def _run_code_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--code", required=True, metavar="FILE", help="Python source, e.g. a model's completion")
+    parser.add_argument("--tests", required=True, metavar="FILE", help="asserts or a `check` call, run after the code")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wall-clock limit (default: 10)")
+    parser.add_argument("--json", action="store_true", help='{"passed", "status", "seconds", "output"}')
+    parser.add_argument("--unsafe-no-isolation", action="store_true",
+                        help="where namespaces are unavailable, run anyway with only rlimits and a time limit")
+
+
+def _run_code_command(args) -> None:
+    from pathlib import Path
+
+    from xgen_core.errors import InputError
+    from xgen_core.evals.sandbox import Limits, run_code
+
+    if not args.timeout > 0:
+        raise InputError(f"--timeout must be positive, got {args.timeout}")
+    sources = {}
+    for flag, path in (("--code", args.code), ("--tests", args.tests)):
+        try:
+            sources[flag] = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{flag} {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    result = run_code(sources["--code"], sources["--tests"], Limits(timeout_s=args.timeout),
+                      allow_unisolated=args.unsafe_no_isolation)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"{result.status} in {result.seconds:.2f} s" + (f"\n{result.output}" if result.output else ""))
+    if not result.passed:
+        sys.exit(1)
+
+
+EXTRA_COMMANDS[("eval", "run-code")] = (
+    "run code followed by its tests in the sandbox (no network, no host files, bounded time, memory, processes)",
+    _run_code_arguments,
+    _run_code_command,
+)
+
+
 if __name__ == "__main__":
     main()
