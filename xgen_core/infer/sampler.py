@@ -313,18 +313,19 @@ def generate(weights: DecoderWeights, spec: ModelSpec, prompts: Sequence[Sequenc
 
 
 def greedy_by_recomputing(model, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                          length_bucket: int = PROMPT_BUCKET) -> list[list[int]]:
+                          length_bucket: int = PROMPT_BUCKET, forward=None) -> list[list[int]]:
     """Greedy generation with no cache: the full training forward over every row at every step.
 
     Rows are left-padded exactly as `generate` pads them (segment id 0, positions from each row's first
     token); the forward runs on the sequence so far, rounded up to `length_bucket` so it compiles a
     handful of shapes rather than one per step (later slots cannot reach earlier logits: attention is causal).
+    `forward`: `jax.jit(model.apply)`, or None to make one.
     """
     batch, prompt_len, cache_len = bucket_shape(len(prompts), max(map(len, prompts)), max_new_tokens)
     tokens, positions, segments = (np.zeros((batch, cache_len), np.int32) for _ in range(3))
     tokens[:, :prompt_len], positions[:, :prompt_len], segments[:, :prompt_len] = pad_prompts(
         prompts, batch, prompt_len)
-    forward = jax.jit(model.apply)
+    forward = forward or jax.jit(model.apply)  # a caller may pass one it has already compiled
     for slot in range(prompt_len, cache_len):
         visible = min(_round_up(slot, length_bucket), cache_len)
         logits = forward({"params": params}, tokens[:, :visible], positions[:, :visible], segments[:, :visible])
