@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -123,6 +124,14 @@ def _logits(spec, compute_dtype, weights: DecoderWeights, x):
     return dense(hidden, weights.lm_head, compute_dtype, out_dtype=jnp.float32)
 
 
+CACHE_AXES = ("layers", "activation_batch", "activation_length", "kv_heads", "activation_kv")
+
+
+def _constrain_cache(k_cache, v_cache):
+    """Under the training mesh's logical rules: rows split like activations, KV heads like the k/v weights."""
+    return nn.with_logical_constraint(k_cache, CACHE_AXES), nn.with_logical_constraint(v_cache, CACHE_AXES)
+
+
 def _layer(blocks, index):
     return jax.tree.map(lambda leaf: leaf[index], blocks)
 
@@ -145,16 +154,23 @@ def cached_attention(q, k_cache, v_cache, cache_segment_ids, query_slot):
     return out.reshape(q.shape).astype(q.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "cache_len", "compute_dtype", "attention_impl"))
+@functools.partial(jax.jit, static_argnames=("spec", "cache_len", "compute_dtype", "attention_impl", "logical_rules"))
 def prefill(weights: DecoderWeights, tokens, positions, segment_ids, *, spec: ModelSpec, cache_len: int,
-            compute_dtype, attention_impl: str):
-    """Run the left-padded prompts (batch, prompt_len); return the cache and the last slot's logits."""
+            compute_dtype, attention_impl: str, logical_rules: tuple = ()):
+    """Run the left-padded prompts (batch, prompt_len); return the cache and the last slot's logits.
+
+    `logical_rules` (the training mesh's, under `jax.set_mesh`) is a static argument so that a sharded and
+    an unsharded call never share a compiled program."""
+    with nn.logical_axis_rules(logical_rules):
+        return _prefill(weights, tokens, positions, segment_ids, spec, cache_len, compute_dtype, attention_impl)
+
+
+def _prefill(weights, tokens, positions, segment_ids, spec, cache_len, compute_dtype, attention_impl):
     batch, prompt_len = tokens.shape
     rope = rope_tables(positions, spec.head_dim, spec.rope_theta, max(spec.max_seq_len, cache_len))
     x = weights.embedding[tokens].astype(compute_dtype)
     cache_shape = (spec.n_layers, batch, cache_len, spec.n_kv_heads, spec.head_dim)
-    k_cache = jnp.zeros(cache_shape, compute_dtype)
-    v_cache = jnp.zeros(cache_shape, compute_dtype)
+    k_cache, v_cache = _constrain_cache(jnp.zeros(cache_shape, compute_dtype), jnp.zeros(cache_shape, compute_dtype))
 
     def one_layer(index, carry):
         x, k_cache, v_cache = carry
@@ -162,8 +178,8 @@ def prefill(weights: DecoderWeights, tokens, positions, segment_ids, *, spec: Mo
         q, k, v = _project_qkv(spec, compute_dtype, block, _norm(spec, compute_dtype, block["attention_norm"], x),
                                rope)
         attended = attention(q, k, v, segment_ids, impl=attention_impl)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], (index, 0, 0, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], (index, 0, 0, 0, 0))
+        k_cache, v_cache = _constrain_cache(jax.lax.dynamic_update_slice(k_cache, k[None], (index, 0, 0, 0, 0)),
+                                            jax.lax.dynamic_update_slice(v_cache, v[None], (index, 0, 0, 0, 0)))
         return _block_tail(spec, compute_dtype, block, x, attended), k_cache, v_cache
 
     x, k_cache, v_cache = jax.lax.fori_loop(0, spec.n_layers, one_layer, (x, k_cache, v_cache))
@@ -184,8 +200,8 @@ def decode_step(weights: DecoderWeights, cache, token, position, slot, *, spec: 
         block = _layer(weights.blocks, index)
         q, k, v = _project_qkv(spec, compute_dtype, block, _norm(spec, compute_dtype, block["attention_norm"], x),
                                rope)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], (index, 0, slot, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], (index, 0, slot, 0, 0))
+        k_cache, v_cache = _constrain_cache(jax.lax.dynamic_update_slice(k_cache, k[None], (index, 0, slot, 0, 0)),
+                                            jax.lax.dynamic_update_slice(v_cache, v[None], (index, 0, slot, 0, 0)))
         attended = cached_attention(q, k_cache[index], v_cache[index], cache_segments, slot)
         return _block_tail(spec, compute_dtype, block, x, attended), k_cache, v_cache
 
@@ -215,9 +231,9 @@ def sample_next(logits, key, greedy, temperature, top_p, top_k):
     return jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "max_new_tokens", "compute_dtype"))
+@functools.partial(jax.jit, static_argnames=("spec", "max_new_tokens", "compute_dtype", "logical_rules"))
 def decode(weights: DecoderWeights, cache, first_logits, next_positions, key, controls, stop_ids, *,
-           spec: ModelSpec, max_new_tokens: int, compute_dtype):
+           spec: ModelSpec, max_new_tokens: int, compute_dtype, logical_rules: tuple = ()):
     """Generate up to `max_new_tokens` per row after `prefill`; stops early once every row has stopped.
 
     Returns (tokens (batch, max_new_tokens) int32, lengths (batch,) int32, stopped (batch,) bool);
@@ -247,7 +263,8 @@ def decode(weights: DecoderWeights, cache, first_logits, next_positions, key, co
 
     state = (jnp.int32(0), cache, first_logits, key, jnp.zeros((batch, max_new_tokens), jnp.int32),
              jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool))
-    _, _, _, _, tokens, lengths, done = jax.lax.while_loop(not_finished, one_token, state)
+    with nn.logical_axis_rules(logical_rules):
+        _, _, _, _, tokens, lengths, done = jax.lax.while_loop(not_finished, one_token, state)
     return tokens, lengths, done
 
 
@@ -271,9 +288,11 @@ def pad_prompts(prompts: Sequence[Sequence[int]], batch: int, prompt_len: int):
     return tokens, positions, segments
 
 
-def bucket_shape(n_prompts: int, longest_prompt: int, max_new_tokens: int) -> tuple[int, int, int]:
-    """(batch, prompt_len, cache_len) of the compiled program a request runs in."""
-    batch = 1 << max(0, (n_prompts - 1).bit_length())
+def bucket_shape(n_prompts: int, longest_prompt: int, max_new_tokens: int,
+                 batch_shards: int = 1) -> tuple[int, int, int]:
+    """(batch, prompt_len, cache_len) of the compiled program a request runs in; `batch_shards`: the mesh's
+    data x fsdp size, which the batch must divide by."""
+    batch = _round_up(1 << max(0, (n_prompts - 1).bit_length()), batch_shards)
     prompt_len = _round_up(longest_prompt, PROMPT_BUCKET)
     return batch, prompt_len, prompt_len + max_new_tokens
 
@@ -293,20 +312,38 @@ def _check_prompts(prompts, spec: ModelSpec, config: SamplingConfig) -> None:
 
 
 def generate(weights: DecoderWeights, spec: ModelSpec, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-             key, *, compute_dtype=jnp.bfloat16, attention_impl: str = "auto") -> list[Generation]:
-    """Complete each prompt (a list of token ids); `key` is this call's PRNG key (unused when greedy)."""
+             key, *, compute_dtype=jnp.bfloat16, attention_impl: str = "auto", mesh=None) -> list[Generation]:
+    """Complete each prompt (a list of token ids); `key` is this call's PRNG key (unused when greedy).
+
+    With `mesh` (the training mesh; `weights` placed on it, e.g. restored with the training shardings) rows
+    are split over data x fsdp, the cache's KV heads over tensor, and the model's own logical constraints apply.
+    """
     _check_prompts(prompts, spec, config)
-    batch, prompt_len, cache_len = bucket_shape(len(prompts), max(map(len, prompts)), config.max_new_tokens)
+    if mesh is None:
+        return _generate(weights, spec, prompts, config, key, compute_dtype, attention_impl, 1, ())
+    from xgen_core.train import mesh as mesh_lib
+
+    batch_shards = math.prod(mesh.shape[axis] for axis in mesh_lib.BATCH_AXES)
+    with jax.set_mesh(mesh):
+        return _generate(weights, spec, prompts, config, key, compute_dtype, attention_impl, batch_shards,
+                         mesh_lib.LOGICAL_RULES)
+
+
+def _generate(weights, spec, prompts, config, key, compute_dtype, attention_impl, batch_shards: int,
+              logical_rules: tuple):
+    batch, prompt_len, cache_len = bucket_shape(len(prompts), max(map(len, prompts)), config.max_new_tokens,
+                                                batch_shards)
     tokens, positions, segments = pad_prompts(prompts, batch, prompt_len)
     cache, logits = prefill(weights, tokens, positions, segments, spec=spec, cache_len=cache_len,
-                            compute_dtype=compute_dtype, attention_impl=attention_impl)
+                            compute_dtype=compute_dtype, attention_impl=attention_impl, logical_rules=logical_rules)
     controls = (jnp.bool_(config.greedy), jnp.float32(config.temperature), jnp.float32(config.top_p),
                 jnp.int32(config.top_k))
     stop_ids = np.full((STOP_SLOTS,), -1, np.int32)
     stop_ids[: len(config.stop_tokens)] = config.stop_tokens
     next_positions = positions[:, -1] + 1
     out, lengths, stopped = decode(weights, cache, logits, next_positions, key, controls, stop_ids, spec=spec,
-                                   max_new_tokens=config.max_new_tokens, compute_dtype=compute_dtype)
+                                   max_new_tokens=config.max_new_tokens, compute_dtype=compute_dtype,
+                                   logical_rules=logical_rules)
     out, lengths, stopped = np.asarray(out), np.asarray(lengths), np.asarray(stopped)
     return [Generation(out[row, : lengths[row]].tolist(), "stop" if stopped[row] else "length")
             for row in range(len(prompts))]
