@@ -238,6 +238,37 @@ EXTRA_COMMANDS[("model", "info")] = (
 )
 
 
+def _model_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a pretrain (or later training stage) artifact URI")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of this call's sampling key")
+    parser.add_argument("--json", action="store_true",
+                        help='one line {"prompt", "completion", "prompt_ids", "completion_ids"}')
+
+
+def _model_generate_command(args) -> None:
+    from xgen_core.infer.generate_text import generate_text
+
+    result = generate_text(args.model, args.prompt, max_new_tokens=args.max_new_tokens, greedy=args.greedy,
+                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(result["completion"])
+
+
+EXTRA_COMMANDS[("model", "generate")] = (
+    "continue a prompt with a trained model (its latest checkpoint and the tokenizer it was trained with)",
+    _model_generate_arguments,
+    _model_generate_command,
+)
+
+
 def _train_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--samples", type=int, default=256, help="evenly spaced (step, lr) samples in --json")

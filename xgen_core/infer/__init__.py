@@ -1,0 +1,1 @@
+"""Generation from trained decoders: a KV-cached sampler over the training parameters."""
