@@ -13,8 +13,8 @@ from xgen_core.stages import STAGES, Stage, new_run_id
 
 GROUPS = {  # the help lists each group's commands as registered; a group without commands is left out
     "data": "curation stages",
-    "train": "training stages",
-    "eval": "evaluation stages",
+    "train": "training stages and tools",
+    "eval": "evaluation tools",
     "model": "model tools",
     "pipeline": "whole runs",
     "config": "the resolved configuration",
