@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.data.test_dedup import PARAMS, write_jsonl
+from tests.data.test_dedup_components import union_find_roots
 from xgen_core.data import minhash
 from xgen_core.data.dedup import run_dedup
 from xgen_core.data.neardup_set import generate_histories, true_pairs_f1
@@ -59,18 +60,9 @@ def passing_bucket_pairs(texts: list[str]) -> set[tuple[int, int]]:
 
 def all_pairs_clusters(rows: list[dict], texts: list[str], pairs: set[tuple[int, int]]) -> dict[str, int]:
     """id -> cluster when every pair sharing a bucket is checked (and exact copies joined): the recall reference."""
-    parent = list(range(len(texts)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        parent[max(find(a), find(b))] = min(find(a), find(b))
+    roots = union_find_roots(sorted(pairs))
     index = {text: i for i, text in enumerate(texts)}
-    return {row["id"]: find(index[row["text"]]) for row in rows}
+    return {row["id"]: roots.get(index[row["text"]], index[row["text"]]) for row in rows}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
