@@ -96,6 +96,7 @@ STAGES: tuple[Stage, ...] = (
         name="dedup",
         group="data",
         fn="xgen_core.data.dedup:run",
+        code_version=2,  # 2: cluster ids from content (the smallest node), not from document ids
         upstream=("ingest",),
         config_sections=("dedup",),
         backend="spark",

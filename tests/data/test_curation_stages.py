@@ -15,6 +15,7 @@ from xgen_core import artifacts
 from xgen_core.cli import main as cli_main
 from xgen_core.data.decontam import eval_texts
 from xgen_core.data.mixture import run_mixture
+from xgen_core.data.neardup_set import generate
 from xgen_core.errors import XgenError
 from xgen_core.report import write_report
 from xgen_core.stages import run_stage
@@ -165,9 +166,26 @@ def test_dedup_command_reads_plain_jsonl(tmp_path, capsys):
     result = {r["id"]: r for r in pq.read_table(str(out / "data")).to_pylist()}
     assert set(result) == {"d0", "d1", "d2", "other"}
     assert {"id", "cluster_id", "cluster_size", "n_snapshots", "n_domains", "kept", "cluster_rank"} <= set(result["d0"])
-    assert result["d0"]["cluster_id"] == result["d1"]["cluster_id"] == result["d2"]["cluster_id"] == "d0"
+    assert result["d0"]["cluster_id"] == result["d1"]["cluster_id"] == result["d2"]["cluster_id"] != result["other"]["cluster_id"]
     assert result["d0"]["cluster_size"] == 3 and result["d0"]["n_snapshots"] == 3 and result["d0"]["n_domains"] == 3
     assert sum(result[d]["kept"] for d in ("d0", "d1", "d2")) == 1 and result["other"]["kept"]
+
+
+def test_a_crawl_moved_to_another_folder_gives_the_same_clusters(tmp_path, small_config, spark):
+    """Document ids hash the input URI; the clusters (and so the held-out split and the mixture's draws) must not."""
+    docs = [{"text": d.text, "url": d.url, "snapshot": d.snapshot} for d in generate(60, seed=5)]
+    crawl = "".join(json.dumps(doc) + "\n" for doc in docs)
+    clusters_by_text = []
+    for folder in ("bucket-a/crawl", "bucket-b/moved/crawl"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "part-0.jsonl").write_text(crawl)
+        out = tmp_path / folder.replace("/", "_")
+        cfg = small_config(root=str(out / "artifacts"))
+        run_stage(cfg, "ingest", "r", explicit_inputs=[str(tmp_path / folder)], output=str(out / "ingest"))
+        run_stage(cfg, "dedup", "r", explicit_inputs=[str(out / "ingest")], output=str(out / "dedup"))
+        clusters_by_text.append(sorted((r["text"], r["cluster_id"]) for r in rows(str(out / "dedup"), "data")))
+    assert clusters_by_text[0] == clusters_by_text[1]
+    assert len({cluster for _, cluster in clusters_by_text[0]}) < len(docs)  # near-duplicates did cluster
 
 
 def test_a_curriculum_stage_left_empty_is_a_clear_error(pipeline, spark, tmp_path):

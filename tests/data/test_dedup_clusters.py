@@ -10,6 +10,7 @@ import pytest
 from tests.data.test_dedup import PARAMS
 from xgen_core.data.dedup import run_dedup
 from xgen_core.data.dedup.clusters import cluster_metadata
+from xgen_core.data.dedup.documents import content_hash, content_node
 
 pytestmark = pytest.mark.spark
 
@@ -35,7 +36,7 @@ def test_a_cluster_of_100000_exact_copies_is_annotated_in_full(spark, tmp_path):
     out = pq.read_table(tmp_path / "out" / "data", columns=["id", "cluster_id", "cluster_size", "n_exact", "n_variants", "n_snapshots", "n_domains", "kept", "cluster_rank"])
     assert counts["documents"] == n and out.num_rows == n
     copies = out.filter(pc.starts_with(out.column("id"), "copy-"))
-    for column, expected in [("cluster_id", "copy-000000"), ("cluster_size", COPIES), ("n_exact", COPIES), ("n_variants", 1), ("n_snapshots", len(SNAPSHOTS)), ("n_domains", 1000)]:
+    for column, expected in [("cluster_id", f"{content_node(content_hash(page)):015x}"), ("cluster_size", COPIES), ("n_exact", COPIES), ("n_variants", 1), ("n_snapshots", len(SNAPSHOTS)), ("n_domains", 1000)]:
         assert pc.unique(copies.column(column)).to_pylist() == [expected], column
     assert sorted(copies.column("cluster_rank").to_pylist()) == list(range(1, COPIES + 1))
     kept = copies.filter(copies.column("kept")).to_pylist()
@@ -58,5 +59,5 @@ def test_cluster_step_runs_in_spark_operators_that_spill_not_in_python(spark):
     plan = annotations._jdf.queryExecution().executedPlan().toString()
     assert "MapInArrow" not in plan and "ArrowEvalPython" not in plan and "collect_" not in plan.lower()
     rows = sorted(annotations.collect(), key=lambda row: row.row)
-    assert [(row.cluster_id, row.cluster_size, row.n_variants, row.n_exact) for row in rows] == [("d0", 5, 2, 3)] * 3 + [("d0", 5, 2, 2)] * 2
+    assert [(row.cluster_id, row.cluster_size, row.n_variants, row.n_exact) for row in rows] == [("000000000000007", 5, 2, 3)] * 3 + [("000000000000007", 5, 2, 2)] * 2
     assert [row.cluster_rank for row in rows] == [1, 3, 4, 2, 5] and [row.kept for row in rows] == [True, False, False, True, False]

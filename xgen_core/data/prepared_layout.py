@@ -114,3 +114,11 @@ def partitions(uri: str) -> list[Partition]:
 def document_uris(uri: str) -> list[str]:
     """The folders holding an ingest artifact's documents, earlier snapshots included (what dedup reads)."""
     return [partition.uri for partition in partitions(uri)]
+
+
+def documents_of(uri: str) -> list[str]:
+    """What dedup reads of an input: an ingest artifact's document folders (never its quarantine); any other
+    file or folder as it is."""
+    if artifacts.is_committed(uri) and artifacts.read_manifest(uri).get("stage") == "ingest":
+        return document_uris(uri)
+    return [uri]

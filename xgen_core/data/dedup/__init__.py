@@ -93,7 +93,8 @@ def cluster_size_histogram(spark: SparkSession, output_uri: str) -> list[tuple[i
 def run(ctx) -> dict:
     """The `dedup` stage: reads every snapshot partition of the ingest artifact, those an append references included
     (or --input), and writes data/, quarantine/, signatures/."""
-    source = ctx.external_inputs or prepared_layout.document_uris(ctx.inputs["ingest"])
+    inputs = ctx.external_inputs or [ctx.inputs["ingest"]]
+    source = [folder for uri in inputs for folder in prepared_layout.documents_of(uri)]
     previous = ctx.cfg.dedup.reuse_signatures_from or None
     counts = run_dedup(ctx.spark(), source, ctx.output, ctx.cfg.dedup, previous, ctx.log)
     histogram = cluster_size_histogram(ctx.spark(), ctx.output)

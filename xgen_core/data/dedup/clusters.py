@@ -27,6 +27,15 @@ def variant_order(rank_by: list[str]) -> list[Column]:
     return [key for name in rank_by for key in keys[name]] + [F.col("id").asc_nulls_last()]
 
 
+def cluster_key(smallest_node: Column) -> Column:
+    """A cluster's id: its smallest content node as 15 hex digits.
+
+    Content only, never the document ids (which hash the input URI): the same texts give the same clusters, held-out
+    split and mixture draws wherever the crawl is stored.
+    """
+    return F.lpad(F.lower(F.hex(smallest_node)), 15, "0")
+
+
 ANNOTATION_SCHEMA = T.StructType(
     [T.StructField("chunk", T.IntegerType()), T.StructField("row", T.IntegerType())]
     + [
@@ -61,7 +70,7 @@ def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupConfig) -> 
     ranked = ranked.withColumn("cluster_rank", F.row_number().over(Window.partitionBy("root").orderBy(repeat, *order)))
     ranked = ranked.withColumn("kept", ~repeat & (F.col("cluster_rank") <= params.top_k))
     stats = by_cluster.groupBy("root").agg(
-        F.min("id").alias("cluster_id"),
+        cluster_key(F.min("node")).alias("cluster_id"),
         F.count("*").alias("cluster_size"),
         F.countDistinct("node").alias("n_variants"),
         F.countDistinct("snapshot").alias("n_snapshots"),
