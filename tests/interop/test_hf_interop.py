@@ -80,7 +80,8 @@ def trained(tmp_path_factory, tokenizer_dir, tokenizer_and_config):
     commit(root / "pack", "pack")
     model_config = ModelConfig(preset="micro", attention_impl="auto", compute_dtype="float32",
                                param_dtype="float32", remat=False, scan_layers=True)
-    pretrain(str(root / "pack"), str(root / "pretrain"), model_config, micro_train(), micro_runtime(), STAGE_TOKENS,
+    pretrain(str(root / "pack"), str(root / "pretrain"), model_config, micro_train(),
+             micro_runtime(checkpoint_every=12, eval_every=12), STAGE_TOKENS,
              vocab_size=config["vocab_size"], log=lambda message: None)
     commit(root / "pretrain", "pretrain", config={"model": model_config.model_dump(), "train": micro_train().model_dump()},
            inputs={"tokenizer": str(tokenizer_dir), "pack": str(root / "pack")})
