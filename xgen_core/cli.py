@@ -102,7 +102,8 @@ def _add_stage_command(group_parser, stage: Stage) -> None:
     command.add_argument("--root", help="artifact root (overrides config `root`)")
     command.add_argument("--run-id", help="run to record this stage in (default: a new one)")
     if stage.upstream or stage.external_inputs:
-        command.add_argument("--input", action="append", metavar="[UPSTREAM=]URI", help=_input_help(stage))
+        names = ["--input", *([stage.input_flag] if stage.input_flag else [])]
+        command.add_argument(*names, dest="input", action="append", metavar="[UPSTREAM=]URI", help=_input_help(stage))
     if not stage.run_scoped:
         command.add_argument("--output", "--out", dest="output", metavar="URI", help="write exactly here")
     for flag in stage.flags:
@@ -266,6 +267,35 @@ EXTRA_COMMANDS[("model", "generate")] = (
     "continue a prompt with a trained model (its latest checkpoint and the tokenizer it was trained with)",
     _model_generate_arguments,
     _model_generate_command,
+)
+
+
+def _import_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--from", dest="hf_dir", required=True, metavar="DIR",
+                        help="a Hugging Face LlamaForCausalLM checkpoint folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--out", required=True, metavar="URI", help="the new artifact (local path, file:// or gs://)")
+    parser.add_argument("--preset", help="the preset to name the model by (default: the nearest to its shapes)")
+
+
+def _import_hf_command(args) -> None:
+    from xgen_core.config import load_config
+    from xgen_core.interop.import_hf import import_hf, resume_command
+
+    cfg = load_config(args.profile, args.overrides)
+    manifest = import_hf(args.hf_dir, args.out, cfg, preset=args.preset, log=lambda message: None)
+    model = manifest["config"]["model"]
+    overrides = model.get("preset_overrides")
+    print(f"imported {manifest['counts']['parameters']:,} parameters as preset {model['preset']}"
+          + (f" with {json.dumps(overrides)}" if overrides else "") + f": {manifest['uri']}")
+    print(f"generate:        xgen model generate --model {manifest['uri']} --prompt TEXT")
+    print(f"train from it:   {resume_command(manifest)}")
+
+
+EXTRA_COMMANDS[("model", "import-hf")] = (
+    "a Hugging Face LlamaForCausalLM checkpoint as a step-0 training artifact (generate from it, train on from it)",
+    _import_hf_arguments,
+    _import_hf_command,
 )
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from xgen_core.errors import ConfigError
@@ -298,6 +300,36 @@ class ModelConfig(Section):
     param_dtype: Literal["float32", "bfloat16"]
     remat: bool
     scan_layers: bool
+    # Fields of the preset replaced (xgen_core/model/presets.py ModelSpec), e.g. the shapes of a model imported
+    # from Hugging Face (`xgen model import-hf`). Left out of the dump while empty, so that configs without it
+    # keep the versions they had.
+    preset_overrides: dict[str, bool | int | float] = {}
+
+    @field_validator("preset_overrides")
+    @classmethod
+    def _known_spec_fields(cls, overrides: dict) -> dict:
+        import dataclasses
+
+        from xgen_core.model.presets import ModelSpec
+
+        fields = {f.name for f in dataclasses.fields(ModelSpec)} - {"name"}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown model field(s) {unknown}; known: {', '.join(sorted(fields))}")
+        return overrides
+
+    @model_serializer(mode="wrap")
+    def _leave_out_empty_overrides(self, handler):
+        dumped = handler(self)
+        if not self.preset_overrides:
+            dumped.pop("preset_overrides", None)
+        return dumped
+
+    def spec(self):
+        """The ModelSpec: the preset with `preset_overrides` applied."""
+        from xgen_core.model.presets import get_preset
+
+        return get_preset(self.preset, **self.preset_overrides)
 
 
 class MeshConfig(Section):
@@ -404,6 +436,7 @@ class XgenConfig(Section):
 
         preset = PRESETS.get(self.model.preset)
         require(preset is not None, "model.preset", self.model.preset, f"one of {', '.join(PRESETS)}")
+        preset = self.model.spec()
         require(self.tokenizer.vocab_size <= preset.vocab_size, "tokenizer.vocab_size", self.tokenizer.vocab_size,
                 f"<= the {preset.vocab_size} embedding rows of model preset {preset.name}")
         return self

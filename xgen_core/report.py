@@ -71,6 +71,9 @@ def _register_sections() -> None:
     from xgen_core.data.data_report import report_section
 
     SECTIONS["mixture"] = report_section
+    from xgen_core.interop.export_hf import report_section as export_hf_section
+
+    SECTIONS["export_hf"] = export_hf_section
 
 
 _register_sections()

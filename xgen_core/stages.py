@@ -55,6 +55,7 @@ class Stage:
     # Config that says how the stage executes but not what it produces (mesh shape, checkpoint cadence):
     # recorded in the manifest, never hashed into the version.
     runtime_sections: tuple[str, ...] = ()
+    input_flag: str | None = None  # a second name for --input on the command line (export_hf: --model)
 
     @property
     def command(self) -> str:
@@ -173,6 +174,17 @@ STAGES: tuple[Stage, ...] = (
         description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
         flags=(Flag("--steps", "train_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
         resumable=True,
+    ),
+    Stage(
+        name="export_hf",
+        group="model",
+        fn="xgen_core.interop.export_hf:run",
+        upstream=("pretrain",),
+        config_sections=(),
+        backend="jax",
+        resources="cpu",
+        description="The trained model as a Hugging Face LlamaForCausalLM checkpoint: config, safetensors, tokenizer",
+        input_flag="--model",
     ),
     Stage(
         name="report",

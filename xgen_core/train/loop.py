@@ -23,7 +23,6 @@ from xgen_core.errors import XgenError
 from xgen_core.localize import CACHE_DIR, upload_directory
 from xgen_core.model.decoder import Decoder
 from xgen_core.model.info import training_flops_per_token
-from xgen_core.model.presets import get_preset
 from xgen_core.storage import is_gcs, join, normalize_uri, store_for
 from xgen_core.tokens.loader import CurriculumLoader, PackedRows, ShardSet, StageData
 from xgen_core.tokens.packing import inputs_and_targets, row_fields
@@ -42,7 +41,7 @@ from xgen_core.train.step import (
 
 
 def build_model(model_config: ModelConfig, tokenizer_vocab_size: int) -> Decoder:
-    spec = get_preset(model_config.preset)
+    spec = model_config.spec()
     if tokenizer_vocab_size > spec.vocab_size:
         raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
                         f"embedding rows of model preset {spec.name}")
@@ -311,7 +310,7 @@ def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader,
     state_like = abstract_state(model, tx)
     state, data_state, meta = checkpointer.restore(latest, state_like, shardings)
     hosts = meta.get("process_count", 1)
-    if hosts != jax.process_count():
+    if hosts != jax.process_count() and data_state:  # an imported checkpoint has no data position yet
         # Each host reads its own shards, so the data position is per host: the mesh may change, the host count not.
         raise XgenError(f"the checkpoint of step {latest} was written by {hosts} host(s), this run has "
                         f"{jax.process_count()}: resume on as many hosts (the mesh shape and cadences may change)")
