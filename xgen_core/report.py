@@ -71,6 +71,18 @@ def _register_sections() -> None:
     from xgen_core.data.data_report import report_section
 
     SECTIONS["mixture"] = report_section
+    SECTIONS["ruler"] = _lazy_section("xgen_core.evals.ruler")
+    SECTIONS["math_eval"] = _lazy_section("xgen_core.evals.math_eval")
+
+
+def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
+    """A stage's report_section, imported only when the report shows that stage."""
+    def section(manifest: dict, uri: str, folder: str) -> str:
+        import importlib
+
+        return importlib.import_module(module_name).report_section(manifest, uri, folder)
+
+    return section
 
 
 _register_sections()
