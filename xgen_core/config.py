@@ -384,6 +384,43 @@ class TrainRunConfig(Section):
     mesh: MeshConfig
 
 
+class RulerConfig(Section):
+    """The `ruler` eval stage: RULER's synthetic tasks at each length (xgen_core/evals/ruler_tasks.py)."""
+
+    tasks: list[str] = Field(min_length=1)
+    lengths: list[int] = Field(min_length=1)
+    samples: int = Field(ge=1)
+    max_new_tokens: int = Field(ge=0)  # caps RULER's per-task tokens to generate; 0 = RULER's own
+    batch_size: int = Field(ge=1)
+    seed: Seed
+    max_documents: int = Field(ge=2)
+    documents: str
+    models: list[str]
+
+    @model_validator(mode="after")
+    def _known_tasks_and_lengths(self):
+        from xgen_core.evals.ruler_tasks import TASKS
+
+        for index, task in enumerate(self.tasks):
+            require(task in TASKS, f"tasks.{index}", task, f"a RULER task ({', '.join(TASKS)})")
+        require(len(set(self.tasks)) == len(self.tasks), "tasks", self.tasks, "a list without repeats")
+        require(all(n > 0 for n in self.lengths), "lengths", self.lengths, "positive token counts")
+        require(len(set(self.lengths)) == len(self.lengths), "lengths", self.lengths, "a list without repeats")
+        return self
+
+
+class MathEvalConfig(Section):
+    """The `math_eval` eval stage: GSM8K-format files and a generated arithmetic set, checked by math-verify."""
+
+    files: list[str]
+    generated: int = Field(ge=0)
+    max_problems: int = Field(ge=0)  # per file; 0 = all
+    max_new_tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: Seed
+    models: list[str]
+
+
 class XgenConfig(Section):
     profile: str
     root: str
@@ -402,6 +439,8 @@ class XgenConfig(Section):
     model: ModelConfig
     train: TrainConfig
     train_run: TrainRunConfig
+    ruler: RulerConfig
+    math_eval: MathEvalConfig
 
     def curriculum(self) -> dict[str, int]:
         """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""

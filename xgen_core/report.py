@@ -71,9 +71,19 @@ def _register_sections() -> None:
     from xgen_core.data.data_report import report_section
 
     SECTIONS["mixture"] = report_section
-    from xgen_core.interop.export_hf import report_section as export_hf_section
+    SECTIONS["export_hf"] = _lazy_section("xgen_core.interop.export_hf")
+    SECTIONS["ruler"] = _lazy_section("xgen_core.evals.ruler")
+    SECTIONS["math_eval"] = _lazy_section("xgen_core.evals.math_eval")
 
-    SECTIONS["export_hf"] = export_hf_section
+
+def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
+    """A stage's report_section, imported only when the report shows that stage."""
+    def section(manifest: dict, uri: str, folder: str) -> str:
+        import importlib
+
+        return importlib.import_module(module_name).report_section(manifest, uri, folder)
+
+    return section
 
 
 _register_sections()

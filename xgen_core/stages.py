@@ -66,6 +66,16 @@ class Stage:
         return f"{'data' if self.group == 'data' else 'train'}_jobs.{self.name}"
 
 
+def _int_list(text: str) -> str:
+    """`256,512` -> the YAML list override `[256, 512]` (argparse reports a value that is not integers)."""
+    return "[" + ", ".join(str(int(part)) for part in text.split(",") if part.strip()) + "]"
+
+
+def _uri_list(text: str) -> str:
+    """`a,b` -> the YAML list override `["a", "b"]`."""
+    return json.dumps([part.strip() for part in text.split(",") if part.strip()])
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="sample_corpus",
@@ -174,6 +184,40 @@ STAGES: tuple[Stage, ...] = (
         description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
         flags=(Flag("--steps", "train_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
         resumable=True,
+    ),
+    # Eval stages read the trained models listed as their upstream (the model stages they evaluate, in order;
+    # a later training stage joins by being added here) or the artifacts given with --model / `<stage>.models`.
+    Stage(
+        name="ruler",
+        group="eval",
+        fn="xgen_core.evals.ruler:run",
+        upstream=("pretrain",),
+        config_sections=("ruler",),
+        backend="jax",
+        resources="tpu",
+        description="RULER long-context tasks (niah, vt, cwe, fwe, qa) at each length: task x length table and heatmap",
+        external_inputs="ruler.models",
+        flags=(
+            Flag("--model", "ruler.models", _uri_list, "model artifact(s) to evaluate, comma-separated"),
+            Flag("--lengths", "ruler.lengths", _int_list, "comma-separated lengths in tokens, e.g. 256,512,1024"),
+            Flag("--samples", "ruler.samples", int, "samples per task and length"),
+        ),
+    ),
+    Stage(
+        name="math_eval",
+        group="eval",
+        fn="xgen_core.evals.math_eval:run",
+        upstream=("pretrain",),
+        config_sections=("math_eval",),
+        backend="jax",
+        resources="tpu",
+        description="Math accuracy (math-verify) on GSM8K-format JSONL files and a generated arithmetic set",
+        external_inputs="math_eval.models",
+        flags=(
+            Flag("--model", "math_eval.models", _uri_list, "model artifact(s) to evaluate, comma-separated"),
+            Flag("--data", "math_eval.files", _uri_list, "GSM8K-format JSONL file(s), comma-separated"),
+            Flag("--generated", "math_eval.generated", int, "generated arithmetic problems (0: none)"),
+        ),
     ),
     Stage(
         name="export_hf",

@@ -1,0 +1,35 @@
+"""`xgen eval ruler` end to end on a tiny random model: results.jsonl, table, heatmap, predictions, skips."""
+
+import json
+
+from xgen_core.cli import main
+from xgen_core.evals import ruler
+from xgen_core.evals.results import read_results
+from xgen_core.evals.ruler_tasks import TASKS
+
+
+def test_ruler_command_writes_results_table_heatmap_and_is_idempotent(tmp_path, model_artifact, capsys):
+    model_uri, _ = model_artifact
+    out = tmp_path / "ruler-out"
+    argv = ["eval", "ruler", "--model", model_uri, "--lengths", "256,512", "--samples", "2", "--out", str(out),
+            "--root", str(tmp_path / "artifacts"), "ruler.max_new_tokens=8"]
+    main(argv)
+    assert capsys.readouterr().out.strip().endswith(f"ruler: built {out}")
+    rows = read_results(str(out))
+    assert {r["length"] for r in rows} == {256}  # the tiny preset reads 256 tokens: 512 is beyond it
+    assert all(r["eval"] == "ruler" and r["model"] == "pretrain-abc" and r["n"] == 2 and 0 <= r["score"] <= 100
+               for r in rows)
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert {(s["task"], s["length"]) for s in skipped} | {(r["task"], r["length"]) for r in rows} == {
+        (task, length) for task in TASKS for length in (256, 512)}
+    assert all("beyond the model's 256-token context" == s["reason"] for s in skipped if s["length"] == 512)
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 2 * len(rows)
+    assert all(p["tokens"] <= p["length"] and p["references"] for p in predictions)
+    assert (out / "ruler_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["skipped_cells"] == len(skipped) and manifest["external_inputs"] == [model_uri]
+    section = ruler.report_section(manifest, str(out), str(tmp_path))
+    assert "| task | pretrain-abc @ 256 | n |" in section and "ruler_heatmap.png" in section
+    main(argv)  # the same model, lengths and samples: the finished artifact is reused, not rewritten
+    assert capsys.readouterr().out.strip().endswith(f"ruler: reused {out}")
