@@ -72,5 +72,9 @@ def _register_sections() -> None:
 
     SECTIONS["mixture"] = report_section
 
+    from xgen_core.evals.humaneval import report_section as humaneval_section
+
+    SECTIONS["humaneval"] = humaneval_section
+
 
 _register_sections()
