@@ -14,7 +14,7 @@ from xgen_core.stages import STAGES, Stage, new_run_id
 GROUPS = {  # the help lists each group's commands as registered; a group without commands is left out
     "data": "curation stages",
     "train": "training stages and tools",
-    "eval": "evaluation tools",
+    "eval": "evaluation stages and tools",
     "model": "model tools",
     "pipeline": "whole runs",
     "config": "the resolved configuration",
@@ -367,6 +367,44 @@ EXTRA_COMMANDS[("eval", "run-code")] = (
     "run code followed by its tests in the sandbox (no network, no host files, bounded time, memory, processes)",
     _run_code_arguments,
     _run_code_command,
+)
+
+
+def _lm_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a pretrain (or later training stage) artifact URI")
+    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names (or YAML files)")
+    parser.add_argument("--include-path", metavar="DIR", help="a folder of extra lm-eval task YAMLs")
+    parser.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    parser.add_argument("--limit", type=float, help="examples per task (below 1: a share of them); for trials")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward / sampler call")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of sampled generations")
+    parser.add_argument("--bootstrap-iters", type=int, default=100000, help="for standard errors (0: none)")
+    parser.add_argument("--json", action="store_true", help="print lm-eval's results dict as one JSON line")
+
+
+def _lm_eval_command(args) -> None:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
+    import xgen_core.evals.lm_eval_adapter  # noqa: F401  registers the "xgen" model
+
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    results = simple_evaluate(model="xgen", model_args={"model": args.model, "batch_size": args.batch_size,
+                                                        "seed": args.seed},
+                              tasks=tasks, num_fewshot=args.num_fewshot, limit=args.limit, log_samples=False,
+                              bootstrap_iters=args.bootstrap_iters,
+                              task_manager=TaskManager(include_path=args.include_path))
+    if args.json:
+        print(json.dumps({"results": results["results"], "n-samples": results.get("n-samples", {})}, default=str))
+    else:
+        print(make_table(results))
+
+
+EXTRA_COMMANDS[("eval", "lm-eval")] = (
+    "score a trained model on lm-evaluation-harness tasks (loglikelihood, rolling, generate_until)",
+    _lm_eval_arguments,
+    _lm_eval_command,
 )
 
 

