@@ -71,6 +71,10 @@ def _register_sections() -> None:
     from xgen_core.data.data_report import report_section
 
     SECTIONS["mixture"] = report_section
+    from xgen_core.posttrain.report import section as posttrain_section
+
+    for stage in ("sft", "dpo", "grpo"):
+        SECTIONS[stage] = posttrain_section
 
 
 _register_sections()

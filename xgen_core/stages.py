@@ -55,6 +55,9 @@ class Stage:
     # Config that says how the stage executes but not what it produces (mesh shape, checkpoint cadence):
     # recorded in the manifest, never hashed into the version.
     runtime_sections: tuple[str, ...] = ()
+    # The upstream that `--init URI` replaces: the model a post-training stage starts from (by default the
+    # previous training stage's artifact in the pipeline).
+    init_upstream: str | None = None
 
     @property
     def command(self) -> str:
@@ -172,6 +175,48 @@ STAGES: tuple[Stage, ...] = (
         description="4-stage curriculum pretraining (warmup / constant / slow decay / fast decay); resumes",
         flags=(Flag("--steps", "train_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
         resumable=True,
+    ),
+    Stage(
+        name="sft",
+        group="train",
+        fn="xgen_core.posttrain.sft:run",
+        upstream=("pretrain",),
+        config_sections=("model", "train", "sft"),
+        runtime_sections=("posttrain_run", "train_run.mesh"),
+        backend="jax",
+        resources="tpu",
+        description="Supervised fine-tuning: chat template, packed examples, loss on assistant tokens only; resumes",
+        flags=(Flag("--steps", "posttrain_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
+        resumable=True,
+        init_upstream="pretrain",
+    ),
+    Stage(
+        name="dpo",
+        group="train",
+        fn="xgen_core.posttrain.dpo:run",
+        upstream=("sft",),
+        config_sections=("model", "train", "dpo"),
+        runtime_sections=("posttrain_run", "train_run.mesh"),
+        backend="jax",
+        resources="tpu",
+        description="DPO against the frozen SFT model's stored log-probabilities; held-out preference accuracy; resumes",
+        flags=(Flag("--steps", "posttrain_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
+        resumable=True,
+        init_upstream="sft",
+    ),
+    Stage(
+        name="grpo",
+        group="train",
+        fn="xgen_core.posttrain.grpo:run",
+        upstream=("dpo",),
+        config_sections=("model", "train", "grpo"),
+        runtime_sections=("posttrain_run", "train_run.mesh"),
+        backend="jax",
+        resources="tpu",
+        description="GRPO with verifiable rewards (math-verify, sandboxed code tests), G rollouts a prompt; resumes",
+        flags=(Flag("--steps", "posttrain_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
+        resumable=True,
+        init_upstream="dpo",
     ),
     Stage(
         name="report",
