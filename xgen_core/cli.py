@@ -108,6 +108,10 @@ def _add_stage_command(group_parser, stage: Stage) -> None:
         command.add_argument("--output", "--out", dest="output", metavar="URI", help="write exactly here")
     for flag in stage.flags:
         command.add_argument(flag.name, type=flag.type, help=f"{flag.help} (config {flag.key})")
+    if stage.init_upstream:
+        command.add_argument("--init", metavar="URI",
+                             help=f"model artifact to start from (default: the {stage.init_upstream} artifact); "
+                                  f"same as --input {stage.init_upstream}=URI")
     command.set_defaults(handler=lambda args: _run_stage_command(stage, args))
 
 
@@ -132,11 +136,14 @@ def _run_stage_command(stage: Stage, args) -> None:
         if value is not None:
             overrides.append(f"{flag.key}={value}")
     cfg = load_config(args.profile, overrides)
+    explicit_inputs = getattr(args, "input", None)
+    if getattr(args, "init", None):
+        explicit_inputs = [*(explicit_inputs or []), f"{stage.init_upstream}={args.init}"]
     outcome = run_stage(
         cfg,
         stage.name,
         args.run_id or new_run_id("cli"),
-        explicit_inputs=getattr(args, "input", None),
+        explicit_inputs=explicit_inputs,
         output=getattr(args, "output", None),
     )
     state = "reused" if outcome.reused else "built"

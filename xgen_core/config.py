@@ -448,6 +448,83 @@ class HumanEvalConfig(Section):
     seed: Seed
 
 
+class GeneratedDataConfig(Section):
+    """Post-training data the project generates from the seed when no files are given (see posttrain/data.py)."""
+
+    general: int = Field(ge=0)
+    safety: int = Field(ge=0)
+    reasoning: int = Field(ge=0)
+    max_operand: int = Field(ge=1)  # arithmetic operands are drawn from 0..max_operand
+    code_share: Share  # share of the reasoning examples that are Python functions rather than arithmetic
+
+
+class SftConfig(Section):
+    """Supervised fine-tuning (paper 4.1): assistant-only loss over packed chat examples."""
+
+    data: list[str]  # JSONL / Parquet files or folders of {"messages", "category"}; empty = generate
+    generate: GeneratedDataConfig
+    heldout_fraction: float = Field(gt=0, lt=1)
+    seq_len: int = Field(ge=8)
+    batch_size: int = Field(ge=1)
+    epochs: float = Field(gt=0)
+    peak_lr: float = Field(gt=0)
+    warmup_fraction: Share
+    final_lr_ratio: float = Field(ge=0, le=1)
+    weight_decay: float = Field(ge=0)
+    seed: Seed
+
+
+class DpoConfig(Section):
+    """Direct preference optimisation (paper 4.2) against the frozen SFT model's stored log-probabilities."""
+
+    data: list[str]  # JSONL / Parquet of {"prompt", "chosen", "rejected"}; empty = generate
+    generate: GeneratedDataConfig
+    heldout_fraction: float = Field(gt=0, lt=1)
+    max_len: int = Field(ge=8)  # prompt + completion tokens; longer pairs are quarantined
+    batch_size: int = Field(ge=1)  # pairs per step
+    epochs: float = Field(gt=0)
+    beta: float = Field(gt=0)
+    peak_lr: float = Field(gt=0)
+    warmup_fraction: Share
+    final_lr_ratio: float = Field(ge=0, le=1)
+    weight_decay: float = Field(ge=0)
+    seed: Seed
+
+
+class GrpoConfig(Section):
+    """Group relative policy optimisation with verifiable rewards (paper 4.3)."""
+
+    data: list[str]  # JSONL / Parquet of {"prompt", "answer"} or {"prompt", "tests"}; empty = generate
+    math_prompts: int = Field(ge=0)  # generated prompts
+    code_prompts: int = Field(ge=0)
+    max_operand: int = Field(ge=1)
+    heldout_prompts: int = Field(ge=1)  # prompts kept out of training; the reward is measured on them
+    steps: int = Field(ge=1)
+    prompts_per_step: int = Field(ge=1)
+    group_size: int = Field(ge=2)  # G samples per prompt
+    updates_per_batch: int = Field(ge=1)  # optimizer steps on each batch of rollouts (1 = on-policy)
+    max_new_tokens: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+    top_p: float = Field(gt=0, le=1)
+    clip_eps: float = Field(gt=0)
+    kl_coef: float = Field(ge=0)  # 0: no KL term and no reference model (paper)
+    advantage_eps: float = Field(gt=0)
+    peak_lr: float = Field(gt=0)
+    warmup_fraction: Share
+    weight_decay: float = Field(ge=0)
+    code_timeout_s: float = Field(gt=0)
+    seed: Seed
+
+
+class PosttrainRunConfig(Section):
+    """How a post-training stage executes: cadences and the step limit, never part of the artifact version."""
+
+    max_steps: int | None = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    eval_every: int = Field(ge=1)
+
+
 class XgenConfig(Section):
     profile: str
     root: str
@@ -469,6 +546,10 @@ class XgenConfig(Section):
     ruler: RulerConfig
     math_eval: MathEvalConfig
     humaneval: HumanEvalConfig
+    sft: SftConfig
+    dpo: DpoConfig
+    grpo: GrpoConfig
+    posttrain_run: PosttrainRunConfig
 
     def curriculum(self) -> dict[str, int]:
         """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""

@@ -88,6 +88,10 @@ def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
     from xgen_core.evals.humaneval import report_section as humaneval_section
 
     SECTIONS["humaneval"] = humaneval_section
+    from xgen_core.posttrain.report import section as posttrain_section
+
+    for stage in ("sft", "dpo", "grpo"):
+        SECTIONS[stage] = posttrain_section
 
 
 _register_sections()

