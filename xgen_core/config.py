@@ -293,7 +293,7 @@ class PackConfig(Section):
 
 class ModelConfig(Section):
     preset: str
-    attention_impl: Literal["auto", "xla", "cudnn", "splash", "flash"]
+    attention_impl: Literal["auto", "xla", "cudnn", "splash", "flash", "blockwise"]
     compute_dtype: Literal["bfloat16", "float32"]
     param_dtype: Literal["float32", "bfloat16"]
     remat: bool
