@@ -295,7 +295,7 @@ class PackConfig(Section):
 
 class ModelConfig(Section):
     preset: str
-    attention_impl: Literal["auto", "xla", "cudnn", "splash", "flash"]
+    attention_impl: Literal["auto", "xla", "cudnn", "splash", "flash", "blockwise"]
     compute_dtype: Literal["bfloat16", "float32"]
     param_dtype: Literal["float32", "bfloat16"]
     remat: bool
@@ -525,6 +525,34 @@ class PosttrainRunConfig(Section):
     eval_every: int = Field(ge=1)
 
 
+class ExtendConfig(Section):
+    """One length-extension stage (paper 3.4): pretraining continued at a longer length and a larger RoPE base,
+    from the previous stage's final parameters with a fresh optimizer, on a long-document mixture."""
+
+    seq_len: int = Field(ge=2)            # training sequence length (rows hold seq_len + 1 tokens)
+    max_seq_len: int = Field(ge=2)        # the model's maximum length after the stage (RoPE table size)
+    rope_theta: float = Field(gt=0)
+    tokens: int = Field(ge=1)             # token budget of the stage
+    batch_size: int = Field(ge=1)
+    grad_accum_steps: int = Field(ge=1)
+    peak_lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=1)       # linear warm-up, then linear decay to final_lr_ratio x peak
+    final_lr_ratio: float = Field(ge=0, lt=1)
+    attention_impl: Literal["auto", "xla", "cudnn", "splash", "flash", "blockwise"]
+    long_share: Share                     # share of the stage's characters from long (concatenated) documents
+    long_doc_tokens: int = Field(ge=1)    # a long document is grown from one group's documents to this length
+    group_by: str                         # mixture column whose documents are concatenated in order (site, repo)
+    short_stages: list[str]               # curriculum stages the short documents come from
+    eval_rows: int = Field(ge=1)          # held-out rows of the stage's own mixture for the held-out loss
+
+    @model_validator(mode="after")
+    def _fits_the_model(self):
+        require(self.seq_len <= self.max_seq_len, "max_seq_len", self.max_seq_len, f">= seq_len ({self.seq_len})")
+        require(self.batch_size % self.grad_accum_steps == 0, "grad_accum_steps", self.grad_accum_steps,
+                f"a divisor of batch_size ({self.batch_size})")
+        return self
+
+
 class XgenConfig(Section):
     profile: str
     root: str
@@ -550,6 +578,8 @@ class XgenConfig(Section):
     dpo: DpoConfig
     grpo: GrpoConfig
     posttrain_run: PosttrainRunConfig
+    extend_32k: ExtendConfig
+    extend_128k: ExtendConfig
 
     def curriculum(self) -> dict[str, int]:
         """Curriculum stage name -> token budget, in training order: mixture, packing and the LR schedule share it."""

@@ -24,6 +24,7 @@ def _pretrain_section(manifest: dict, uri: str, folder: str) -> str:
 
 
 SECTIONS["pretrain"] = _pretrain_section
+SECTIONS["extend_32k"] = SECTIONS["extend_128k"] = _pretrain_section  # the same loop: losses, LR, loss curve
 
 
 def run(ctx) -> dict:

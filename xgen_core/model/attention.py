@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from xgen_core.errors import XgenError
+from xgen_core.model.blockwise import blockwise_attention
 
-IMPLEMENTATIONS = ("xla", "cudnn", "splash", "flash")
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "flash", "blockwise")
 PLATFORM_OF_IMPL = {"cudnn": "gpu", "splash": "tpu", "flash": "tpu"}
 DEFAULT_IMPL_OF_PLATFORM = {"tpu": "splash", "gpu": "cudnn"}
 
@@ -37,8 +38,12 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
 
 
 def attention(q, k, v, segment_ids, *, impl: str = "auto"):
-    """Per-document causal attention with the implementation `impl` (auto, xla, cudnn, splash, flash)."""
+    """Per-document causal attention with the implementation `impl` (auto, xla, cudnn, splash, flash, blockwise).
+
+    blockwise (xgen_core/model/blockwise.py) is the portable kernel whose memory is linear in length."""
     impl = resolve_impl(impl)
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, segment_ids)
     if impl == "xla":
         return xla_attention(q, k, v, segment_ids)
     if impl == "cudnn":

@@ -34,14 +34,30 @@ from xgen_core.train.metrics import (
     LossSpikeAlarm, MetricsWriter, device_peak_flops, plot_losses, read_metrics,
 )
 from xgen_core.train.optimizer import make_optimizer
-from xgen_core.train.schedule import curriculum_schedule, plan_stages, plot_schedule, tokens_before_step
+from xgen_core.train.schedule import (
+    StagePlan, curriculum_schedule, plan_stages, plot_schedule, tokens_before_step, warmup_decay_schedule,
+)
 from xgen_core.train.step import (
     abstract_state, device_batch, init_state, make_eval_step, make_train_step, state_shardings,
 )
 
 
-def build_model(model_config: ModelConfig, tokenizer_vocab_size: int) -> Decoder:
-    spec = model_config.spec()
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """Training that goes on from another run's final parameters with a fresh optimizer (length extension).
+
+    The run is one data stage under a warm-up + decay schedule, with the model's RoPE base and maximum length
+    replaced; everything else (checkpoints, data iterator state, exact resume) is the pretraining loop's."""
+
+    init_run_uri: str  # the previous stage's artifact: its latest checkpoint gives the parameters
+    rope_theta: float
+    max_seq_len: int
+    warmup_steps: int
+    eval_rows: int  # held-out rows of the stage's own packed data
+
+
+def build_model(model_config: ModelConfig, tokenizer_vocab_size: int, **spec_overrides) -> Decoder:
+    spec = dataclasses.replace(model_config.spec(), **spec_overrides)
     if tokenizer_vocab_size > spec.vocab_size:
         raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
                         f"embedding rows of model preset {spec.name}")
@@ -112,7 +128,8 @@ class Evaluator:
 
 
 def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: TrainConfig, runtime: TrainRunConfig,
-             stage_tokens: dict[str, int], vocab_size: int, log=print, on_step=None) -> dict:
+             stage_tokens: dict[str, int], vocab_size: int, log=print, on_step=None,
+             continuation: Continuation | None = None) -> dict:
     """Train (or resume) up to the end of the curriculum, or to step `runtime.max_steps` if that comes first.
 
     `train` (the `train` section) decides the trained model; `runtime` (`train_run`: mesh, cadences, the
@@ -122,6 +139,7 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     Checkpoints go to `out_uri`/checkpoints (local or gs://); metrics.jsonl, TensorBoard events, the LR
     plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
     `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
+    With `continuation` the run starts from another run's parameters instead (see Continuation).
     """
     configure_cpu_training()  # a no-op when the stage runner did it before importing JAX
     mesh_lib.maybe_initialize_distributed(runtime.mesh.distributed)
@@ -130,7 +148,8 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     pack_uri = normalize_uri(pack_uri)
     packed = read_packed_stages(pack_uri)
     seq_len = packed["seq_len"]
-    plans = _plans(packed, stage_tokens, train.batch_size)
+    plans = (_plans(packed, stage_tokens, train.batch_size) if continuation is None
+             else _single_stage_plans(packed, stage_tokens, train.batch_size))
     checkpointer = Checkpointer(join(normalize_uri(out_uri), "checkpoints"), runtime.keep_checkpoints)
     last_step = min(plans[-1].end_step, max_steps) if max_steps else plans[-1].end_step
     if (checkpointer.latest_step() or 0) >= last_step and (out / "summary.json").exists():
@@ -141,8 +160,14 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     if train.batch_size % (train.grad_accum_steps * jax.process_count()):
         raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
 
-    model = build_model(model_config, vocab_size)
-    schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
+    if continuation is None:
+        model = build_model(model_config, vocab_size)
+        schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
+    else:
+        model = build_model(model_config, vocab_size, rope_theta=continuation.rope_theta,
+                            max_seq_len=continuation.max_seq_len)
+        schedule = warmup_decay_schedule(train.peak_lr, continuation.warmup_steps, plans[-1].end_step,
+                                         train.final_lr_ratio)
     tx = make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
                         weight_decay=train.weight_decay, grad_clip=train.grad_clip)
     mesh = mesh_lib.make_mesh(runtime.mesh.data, runtime.mesh.fsdp, runtime.mesh.tensor)
@@ -156,11 +181,13 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     )
     alarm = LossSpikeAlarm(runtime.spike_factor, runtime.spike_warmup_steps)
 
-    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train)
+    state, start_step = _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train,
+                                                   continuation)
     if start_step:
         log(f"resuming from the checkpoint of step {start_step}")
 
-    heldout = heldout_rows(pack_uri, packed, runtime.eval_batches * micro_batch)
+    eval_rows = runtime.eval_batches * micro_batch if continuation is None else continuation.eval_rows
+    heldout = heldout_rows(pack_uri, packed, eval_rows)
     evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
     baseline = unigram_baseline_loss(pack_uri, heldout)
     plot_schedule(schedule, plans, str(out / "lr_schedule.png"))
@@ -299,12 +326,42 @@ def describe_epochs(stage: dict, batch_size: int) -> str:
             f"({stage['packed_tokens']:,} tokens; budget {stage['tokens']:,}): the curriculum {verdict}")
 
 
+def _single_stage_plans(packed: dict, stage_tokens: dict[str, int], batch_size: int) -> list[StagePlan]:
+    (name, tokens), = stage_tokens.items()
+    if name not in [stage["name"] for stage in packed["stages"]]:
+        raise XgenError(f"stage {name} has no packed shards in {[stage['name'] for stage in packed['stages']]}")
+    tokens_per_step = batch_size * packed["seq_len"]
+    return [StagePlan(name, int(tokens), packed["seq_len"], 0, max(1, -(-int(tokens) // tokens_per_step)),
+                      tokens_per_step)]
+
+
+def continued_state(init_run_uri: str, model, tx, mesh, shardings):
+    """Step 0 with the parameters and RNG of `init_run_uri`'s latest checkpoint and a fresh optimizer state.
+
+    Parameter shapes do not depend on the RoPE base or the maximum length, so the new model's state describes
+    the old checkpoint; only the parameters and RNG are kept."""
+    source = Checkpointer(join(normalize_uri(init_run_uri), "checkpoints"), keep=1_000_000)
+    latest = source.latest_step()
+    if latest is None:
+        raise XgenError(f"no checkpoint in {init_run_uri}: train the previous stage first")
+    restored, _, _ = source.restore(latest, abstract_state(model, tx), shardings)
+    source.close()
+
+    def fresh(state):
+        return state.replace(step=jnp.zeros((), jnp.int32), opt_state=tx.init(state.params))
+
+    with jax.set_mesh(mesh):
+        return jax.jit(fresh, out_shardings=shardings)(restored)
+
+
 def _stage_entry(packed: dict, name: str) -> dict:
     return next(s for s in packed["stages"] if s["name"] == name)
 
 
-def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train):
+def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader, alarm, train, continuation=None):
     latest = checkpointer.latest_step()
+    if latest is None and continuation is not None:
+        return continued_state(continuation.init_run_uri, model, tx, mesh, shardings), 0
     if latest is None:
         return init_state(model, tx, mesh, shardings, train.seed), 0
     state_like = abstract_state(model, tx)

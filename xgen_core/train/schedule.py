@@ -144,3 +144,19 @@ def plot_schedule(schedule, plans: list[StagePlan], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def warmup_decay_schedule(peak_lr: float, warmup_steps: int, total_steps: int, final_ratio: float):
+    """Length extension's schedule: linear warm-up over `warmup_steps`, then linear decay to `final_ratio * peak`
+    at `total_steps` (a short warm-up suits training that continues from trained parameters)."""
+    warmup_steps = min(warmup_steps, total_steps)
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step)
+        warming = peak_lr * (step.astype(jnp.float32) + 1) / warmup_steps
+        progress = jnp.clip(step - warmup_steps, 0, decay_steps).astype(jnp.float32) / decay_steps
+        decaying = peak_lr * (1.0 + (final_ratio - 1.0) * progress)
+        return jnp.where(step < warmup_steps, warming, decaying).astype(jnp.float32)
+
+    return schedule

@@ -1,0 +1,138 @@
+"""Length extension (paper 3.4): the stages `extend_32k` and `extend_128k`.
+
+Each stage is the pretraining loop (xgen_core/train/loop.py) continued from the previous stage's final parameters
+with a fresh optimizer, at the stage's sequence length and RoPE base, under a short warm-up and a decay. Its data
+is an extension mixture built from the curated corpus (the mixture artifact) after Gao et al.: documents of one
+group (a site or repository: the `group_by` column) concatenated in corpus order into long documents, mixed by
+characters with short documents of the late curriculum stages, then packed at the stage's length as pretraining
+packs (each document its own segment: no attention crosses a document boundary). The packed mixture lives in
+the stage's own artifact directory (`data/`), written once before training, so a resumed run reads the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from xgen_core.config import ExtendConfig, XgenConfig
+from xgen_core.storage import join, store_for
+from xgen_core.tokens.corpus import (
+    CLUSTER_COLUMN, TEXT_COLUMN, _iter_rows, curriculum_sources, is_heldout_cluster, iter_stage_clustered,
+)
+from xgen_core.tokens.shards import STAGES_FILE, pack_curriculum
+
+DATA_DIR = "data"
+JOINER = "\n\n"
+
+
+def long_documents(rows: Iterable[tuple[str, str, str]], target_chars: int,
+                   heldout_fraction: float) -> Iterator[tuple[str, str]]:
+    """(text, cluster id, group) documents -> (long text, cluster id): each group's documents concatenated in the
+    order they come until `target_chars`. Held-out and training clusters are never mixed in one long document,
+    which keeps the first member's cluster id, so packing's held-out split puts it on its members' side."""
+    buffers: dict[tuple[str, bool], list[tuple[str, str]]] = {}
+    sizes: dict[tuple[str, bool], int] = {}
+    for text, cluster, group in rows:
+        key = (str(group), is_heldout_cluster(cluster, heldout_fraction))
+        buffers.setdefault(key, []).append((text, cluster))
+        sizes[key] = sizes.get(key, 0) + len(text) + len(JOINER)
+        if sizes[key] >= target_chars:
+            yield _joined(buffers.pop(key))
+            sizes.pop(key)
+    for key in sorted(buffers):
+        yield _joined(buffers[key])
+
+
+def _joined(members: list[tuple[str, str]]) -> tuple[str, str]:
+    return JOINER.join(text for text, _ in members), members[0][1]
+
+
+def mix_by_characters(long: Iterable[tuple[str, str]], short: Iterable[tuple[str, str]],
+                      long_share: float) -> Iterator[tuple[str, str]]:
+    """Interleave two document streams so long documents hold `long_share` of the characters; ends when the
+    stream whose turn it is runs out (the loader cycles the packed rows, so the share is what matters)."""
+    long, short = iter(long), iter(short)
+    long_chars = total_chars = 0
+    while True:
+        take_long = long_chars <= long_share * total_chars if 0 < long_share < 1 else long_share >= 1
+        document = next(long if take_long else short, None)
+        if document is None:
+            return
+        total_chars += len(document[0])
+        long_chars += len(document[0]) if take_long else 0
+        yield document
+
+
+def extension_documents(mixture_uri: str, curriculum: list[str], settings: ExtendConfig, chars_per_token: float,
+                        heldout_fraction: float) -> Iterator[tuple[str, str]]:
+    """The stage's mixture: long documents from every curriculum stage's documents (each once), mixed with the
+    short documents (with the mixture's repeats) of `settings.short_stages`."""
+    sources = curriculum_sources(mixture_uri, curriculum)
+    columns = [TEXT_COLUMN, CLUSTER_COLUMN, settings.group_by]
+
+    def corpus_rows():
+        for uri in sources.values():
+            yield from _iter_rows(uri, columns, expand_repeats=False)
+
+    def short_rows():
+        for name in settings.short_stages:
+            yield from iter_stage_clustered(sources[name])
+
+    target_chars = int(settings.long_doc_tokens * chars_per_token)
+    long = long_documents(corpus_rows(), target_chars, heldout_fraction)
+    return mix_by_characters(long, short_rows(), settings.long_share)
+
+
+def extension_train_config(cfg: XgenConfig, settings: ExtendConfig):
+    """The pretraining `train` section with the stage's batch and LR: optimizer settings and seed are kept."""
+    return cfg.train.model_copy(update={
+        "batch_size": settings.batch_size, "grad_accum_steps": settings.grad_accum_steps,
+        "peak_lr": settings.peak_lr, "final_lr_ratio": settings.final_lr_ratio,
+    })
+
+
+def _pack_extension_data(ctx, stage: str, settings: ExtendConfig, tokenizer, tokenizer_config) -> str:
+    data_uri = join(ctx.output, DATA_DIR)
+    if store_for(data_uri).exists(join(data_uri, STAGES_FILE)):  # written last: the data is complete
+        return data_uri
+    cfg = ctx.cfg
+    documents = extension_documents(ctx.inputs["mixture"], list(cfg.curriculum()), settings,
+                                    cfg.mixture.chars_per_token, cfg.pack.heldout_fraction)
+    packed = pack_curriculum(tokenizer, tokenizer_config, {stage: documents}, data_uri, settings.seq_len,
+                             cfg.pack.heldout_fraction, cfg.pack.rows_per_shard)
+    entry = packed["stages"][0]
+    ctx.log(f"{stage} mixture: {entry['train']['rows']} train rows of {settings.seq_len} tokens "
+            f"({entry['train']['tokens']:,} tokens), {entry['heldout']['rows']} held-out rows")
+    return data_uri
+
+
+def _run(ctx, stage: str, previous: str) -> dict:
+    from xgen_core.tokens.tokenizer import load_tokenizer
+    from xgen_core.train.loop import Continuation, pretrain
+
+    cfg = ctx.cfg
+    settings: ExtendConfig = getattr(cfg, stage)
+    tokenizer, tokenizer_config = load_tokenizer(ctx.inputs["tokenizer"])
+    data_uri = _pack_extension_data(ctx, stage, settings, tokenizer, tokenizer_config)
+    continuation = Continuation(init_run_uri=ctx.inputs[previous], rope_theta=settings.rope_theta,
+                                max_seq_len=settings.max_seq_len, warmup_steps=settings.warmup_steps,
+                                eval_rows=settings.eval_rows)
+    model_config = cfg.model.model_copy(update={"attention_impl": settings.attention_impl})
+    summary = pretrain(data_uri, ctx.output, model_config, extension_train_config(cfg, settings), cfg.train_run,
+                       {stage: settings.tokens}, vocab_size=tokenizer_config["vocab_size"], log=ctx.log,
+                       continuation=continuation)
+    return {
+        "counts": {"steps": summary["last_step"], "stage_steps": summary["total_steps"]},
+        "complete": summary["last_step"] >= summary["total_steps"],
+        "metrics": {key: summary[key] for key in ("heldout_loss", "unigram_baseline_loss", "flops_per_token")}
+        | {"seq_len": settings.seq_len, "rope_theta": settings.rope_theta},
+    }
+
+
+def run_32k(ctx) -> dict:
+    """The `extend_32k` stage: from pretrain's final parameters."""
+    return _run(ctx, "extend_32k", previous="pretrain")
+
+
+def run_128k(ctx) -> dict:
+    """The `extend_128k` stage: from extend_32k's final parameters."""
+    return _run(ctx, "extend_128k", previous="extend_32k")
