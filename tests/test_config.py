@@ -30,7 +30,7 @@ def test_overrides_parse_yaml_values_and_free_map_keys():
         ("ingest.max_bad_fractoin=0.1", "unknown config key 'ingest.max_bad_fractoin'; allowed here: inputs, max_bad_fraction"),
         ("ingest.max_bad_fraction=lots", "config key 'ingest.max_bad_fraction': Input should be a valid number"),
         ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
-        ("orchestration.backend=mars", "config key 'orchestration.backend': Input should be 'local'"),
+        ("orchestration.backend=mars", "config key 'orchestration.backend': Input should be 'local', 'docker', 'kubernetes', 'dataproc' or 'spark-submit'"),
         ("seed", "is not of the form key=value"),
     ],
 )

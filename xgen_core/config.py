@@ -63,9 +63,101 @@ class StorageConfig(Section):
         return self
 
 
+BackendName = Literal["local", "docker", "kubernetes", "dataproc", "spark-submit"]
+
+
+class RetryConfig(Section):
+    retries: int = Field(ge=0)
+    delay_s: float = Field(gt=0)
+    backoff: float = Field(ge=1)  # each retry waits backoff x the previous delay (Airflow's exponential back-off)
+    max_delay_s: float = Field(gt=0)
+
+
+class RefreshConfig(Section):
+    schedule: str  # cron of xgen_data_refresh; one run per crawl snapshot
+    snapshot_format: str  # strftime of the run's data interval start -> snapshot name, when no `snapshot` param
+    inputs: str  # "{snapshot}" is replaced; empty = the `inputs` param or the profile's ingest.inputs
+
+
+class TpuResources(Section):
+    accelerator: str  # GKE node label cloud.google.com/gke-tpu-accelerator, e.g. tpu-v5p-slice
+    topology: str  # cloud.google.com/gke-tpu-topology, e.g. 8x8x16
+    chips_per_host: int = Field(ge=1)
+    multi_host: Literal["jobset", "indexed_job"]
+
+    @property
+    def hosts(self) -> int:
+        chips = math.prod(int(side) for side in self.topology.split("x"))
+        return max(1, chips // self.chips_per_host)
+
+    @field_validator("topology")
+    @classmethod
+    def _topology_shape(cls, value: str) -> str:
+        if not all(side.isdigit() and int(side) > 0 for side in value.split("x")):
+            raise ValueError(f"topology {value!r} is not like 2x2x1 or 4x4")
+        return value
+
+
+class PodResources(Section):
+    cpu: str
+    memory: str
+
+
+class KubernetesConfig(Section):
+    namespace: str
+    service_account: str
+    cpu: PodResources  # pods of stages whose Stage.resources is cpu
+    spark: PodResources  # a Spark stage's driver pod (local[*] inside it) when Spark stages run on Kubernetes
+    tpu: TpuResources
+    coordinator_port: int = Field(ge=1, le=65535)  # jax.distributed coordinator on host 0 of a multi-host slice
+
+
+class DockerConfig(Section):
+    url: str  # Docker API socket (podman system service serves one)
+    network_mode: str
+    artifacts_mount: str  # host folder bind-mounted at the same path in the container; empty = none
+
+
+class DataprocConfig(Section):
+    project: str
+    region: str
+    service_account: str
+    subnetwork: str
+    runtime_version: str
+
+
+class SparkSubmitConfig(Section):
+    master: str  # spark://host:7077 or yarn
+    conn_id: str  # Airflow connection of the master (SparkSubmitOperator)
+    deploy_mode: Literal["client", "cluster"]
+    executor_memory: str
+    total_executor_cores: int = Field(ge=0)  # 0 = all the master offers
+
+
 class OrchestrationConfig(Section):
-    backend: Literal["local"]
+    backend: BackendName
     python: str
+    backends: dict[str, BackendName]  # stage group (data | train | eval | ...) -> backend; groups not named use backend
+    image: str  # the pipeline image every containerised backend runs
+    timeouts_s: dict[str, float]  # stage -> execution_timeout; "default" for the others
+    retry: RetryConfig
+    refresh: RefreshConfig
+    docker: DockerConfig
+    kubernetes: KubernetesConfig
+    dataproc: DataprocConfig
+    spark_submit: SparkSubmitConfig
+
+    def backend_of(self, group: str) -> str:
+        return self.backends.get(group, self.backend)
+
+    def timeout_s(self, stage: str) -> float:
+        return self.timeouts_s.get(stage, self.timeouts_s["default"])
+
+    @model_validator(mode="after")
+    def _default_timeout(self):
+        require("default" in self.timeouts_s, "timeouts_s", self.timeouts_s, "a 'default' entry")
+        require(all(t > 0 for t in self.timeouts_s.values()), "timeouts_s", self.timeouts_s, "positive seconds")
+        return self
 
 
 class SampleCorpusConfig(Section):

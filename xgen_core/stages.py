@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -651,4 +652,11 @@ def stage_main(name: str, argv: list[str] | None = None) -> None:
     from xgen_core.cli import main
 
     stage = get_stage(name)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main([stage.group, stage.command, *(sys.argv[1:] if argv is None else argv)])
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """A killed task's SIGTERM unwinds the stage like an error: its lease is released and its staging copy deleted
+    (the `finally` blocks of run_stage), instead of a lease held until it expires."""
+    raise SystemExit(128 + signum)

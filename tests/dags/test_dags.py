@@ -48,6 +48,101 @@ def test_dagbag_loads_with_zero_import_errors(airflow_db):
     assert [t.task_id for t in first] == ["ingest"]
 
 
+def test_the_family_dags_are_scheduled_chained_by_assets_and_retry_with_backoff(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from operators.dag_factory import families
+    from xgen_core.config import load_config
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert set(families()) | {"xgen_end_to_end"} == set(bag.dag_ids)  # a family DAG exists iff it has stages
+    orchestration = load_config("tiny").orchestration
+    refresh, pretrain = bag.get_dag("xgen_data_refresh"), bag.get_dag("xgen_pretrain")
+    assert refresh.timetable.expression == orchestration.refresh.schedule == "0 3 * * 1"
+    assert refresh.catchup is False
+    curated = refresh.get_task("report").outlets
+    assert [a.name for a in curated] == ["xgen_curated_dataset"]
+    assert [a.name for a in pretrain.timetable.asset_condition.objects] == ["xgen_curated_dataset"]
+    assert [a.name for a in pretrain.get_task("report").outlets] == ["xgen_pretrained_model"]
+    pretrain_task = pretrain.get_task("pretrain")
+    assert pretrain_task.execution_timeout.total_seconds() == orchestration.timeout_s("pretrain") == 86400
+    assert pretrain_task.retries == orchestration.retry.retries
+    assert pretrain_task.retry_exponential_backoff == orchestration.retry.backoff
+    assert pretrain_task.on_failure_callback
+
+
+def test_params_are_checked_by_json_schema(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = DagBag(dag_folder=str(DAGS)).get_dag("xgen_data_refresh")
+
+    def check(conf):
+        params = ParamsDict(dict(dag.params.items()))  # copies the Params with their schemas
+        params.update(conf)
+        return params.validate()
+
+    assert check({"profile": "tiny", "stages": ["ingest"], "snapshot": "CC-MAIN-2025-05"})["snapshot"] == "CC-MAIN-2025-05"
+    for bad in ({"profile": "nope"}, {"stages": ["pretrain"]}, {"backend": "mars"}, {"overrides": ["no equals"]},
+                {"snapshot": "../escape"}):
+        with pytest.raises(Exception, match="Invalid input for param"):
+            check(bad)
+
+
+def test_new_stage_rows_land_in_their_family_and_after_their_upstreams():
+    from dataclasses import replace
+
+    from operators.dag_factory import families
+
+    base = {stage.name: stage for stage in pipeline_order()}
+    row = lambda name, group, upstream: replace(base["pretrain"], name=name, group=group, upstream=upstream)  # noqa
+    table = [*pipeline_order(), row("extend_32k", "train", ("pretrain",)), row("sft", "train", ("extend_32k",)),
+             row("grpo", "train", ("sft",)), row("export_hf", "model", ("grpo",)),
+             row("humaneval", "eval", ("export_hf",))]
+    placed = {dag_id: [s.name for s in stages] for dag_id, stages in families(table).items()}
+    assert placed["xgen_data_refresh"] == ["ingest", "dedup", "quality_train", "signals", "mixture"]
+    assert placed["xgen_pretrain"] == ["tokenizer", "pack", "pretrain"]
+    assert placed["xgen_length_extension"] == ["extend_32k"]
+    assert placed["xgen_posttrain"] == ["sft", "grpo", "export_hf"]  # export_hf follows its upstream grpo
+    assert placed["xgen_eval"] == ["humaneval"]
+    assert set(families(pipeline_order())) == {"xgen_data_refresh", "xgen_pretrain"}  # no empty family DAGs
+
+
+def test_the_refresh_names_its_snapshot_and_appends_to_the_newest_other_snapshot():
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from operators.refresh import previous_curated, snapshot_of_run
+
+    monday = datetime(2026, 1, 5, 3, tzinfo=timezone.utc)
+    assert snapshot_of_run({"data_interval_start": monday}, "CC-MAIN-%Y-%V") == "CC-MAIN-2026-02"
+    manual = {"data_interval_start": None, "dag_run": SimpleNamespace(run_after=monday)}
+    assert snapshot_of_run(manual, "CC-MAIN-%Y-%V") == "CC-MAIN-2026-02"
+    event = lambda snapshot, root: SimpleNamespace(extra={"snapshot": snapshot, "artifacts": {  # noqa: E731
+        "ingest": f"{root}/ingest-{snapshot}", "dedup": f"{root}/dedup-{snapshot}"}})
+    events = [event("W1", "/a"), event("W2", "/a"), event("W3", "/other"), event("W4", "/a")]
+    assert previous_curated(events, "W5", "/a") == {"ingest": "/a/ingest-W4", "dedup": "/a/dedup-W4", "snapshot": "W4"}
+    assert previous_curated(events, "W4", "/a")["snapshot"] == "W2"  # a cleared task passes its own run's event over
+    assert previous_curated(events, "W9", "/nothing") is None
+
+
+def test_the_failure_callback_names_stage_artifact_and_error_line(caplog):
+    from types import SimpleNamespace
+
+    from operators.stage_operator import XgenStageOperator, stage_failure_callback
+
+    task = XgenStageOperator(stage="dedup")
+    context = {"task": task, "params": {"profile": "tiny", "root": "/srv/art"}, "run_id": "manual__1",
+               "ti": SimpleNamespace(try_number=2),
+               "exception": RuntimeError("Traceback...\nerror: dedup: input ingest-1 is not committed")}
+    with caplog.at_level("ERROR"):
+        stage_failure_callback(context)
+    message = [r.getMessage() for r in caplog.records if "xgen stage" in r.getMessage()][-1]
+    assert message.startswith("xgen stage dedup failed (run manual__1, try 2): artifact /srv/art/dedup-")
+    assert message.endswith(": error: dedup: input ingest-1 is not committed")
+
+
 def test_parsing_a_dag_file_imports_no_compute_framework(airflow_db):
     probe = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
@@ -85,6 +180,14 @@ def test_data_refresh_dag_runs_ingest_on_the_sample_corpus(airflow_db, tmp_path,
     manifest = artifacts.read_manifest(str(ingested[0]))
     assert manifest["external_inputs"] == [corpus.uri]
     assert manifest["counts"]["records_good"] == corpus.manifest["counts"]["documents"]
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = [e for e in session.query(AssetEvent).all() if e.source_dag_id == "xgen_data_refresh"]
+    extra = events[-1].extra
+    assert extra["artifacts"]["ingest"] == str(ingested[0]) and set(extra["artifacts"]) >= {"dedup", "mixture"}
+    assert extra["snapshot"].startswith("CC-MAIN-")
     run_dirs = list((root / "runs").iterdir())
     report = [d for d in run_dirs if (d / "report.md").exists()]
     assert len(report) == 1 and "## ingest" in (report[0] / "report.md").read_text()

@@ -12,13 +12,16 @@ from xgen_core.data.spark_cds import java_options
 def get_spark(cfg: SparkConfig):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     conf = SparkConf()
     if not conf.contains("spark.master"):  # spark-submit's --master wins over the config
         conf.setMaster(cfg.master)
+    if conf.get("spark.master", "").startswith("local"):
+        # Only a local driver stays on loopback; a cluster's executors must reach the driver (SPARK_LOCAL_IP or
+        # the host's address then, as the deployment sets it).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     conf.setAppName(cfg.app_name)
     conf.set("spark.driver.memory", cfg.driver_memory)
     conf.set("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
