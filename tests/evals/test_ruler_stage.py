@@ -33,3 +33,16 @@ def test_ruler_command_writes_results_table_heatmap_and_is_idempotent(tmp_path, 
     assert "| task | pretrain-abc @ 256 | n |" in section and "ruler_heatmap.png" in section
     main(argv)  # the same model, lengths and samples: the finished artifact is reused, not rewritten
     assert capsys.readouterr().out.strip().endswith(f"ruler: reused {out}")
+
+
+def test_batches_never_mix_token_budgets_and_keep_the_batch_size():
+    """A prompt sized to fill the context with its own budget (vt: 30) must not decode to another's (niah: 128)."""
+    from xgen_core.evals.models import TextModel
+
+    ids = [[1] * n for n in (10, 200, 30, 220, 50, 60, 5)]
+    budgets = [128, 30, 128, 30, 128, 128, 30]
+    batches = TextModel(trained=None, batch_size=2)._batches(ids, budgets)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(ids)))
+    for batch in batches:
+        assert len(batch) <= 2 and len({budgets[i] for i in batch}) == 1
+    assert batches[0] == [3, 1]  # the 30-token budget rows, longest prompt first

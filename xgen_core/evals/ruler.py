@@ -72,7 +72,8 @@ def evaluate(model: TextModel, builder: TaskBuilder, tasks: list[str], lengths: 
                             "tokens": sample.tokens, "references": sample.references, "prediction": prediction,
                             "score": metric_for(sample.task)(prediction, sample.references)})
     rows = []
-    for task, length in dict.fromkeys((s.task, s.length) for s in samples):
+    cells = sorted(set((s.task, s.length) for s in samples), key=lambda cell: (list(TASKS).index(cell[0]), cell[1]))
+    for task, length in cells:
         scores = [p["score"] for p in predictions if p["task"] == task and p["length"] == length]
         rows.append(results_lib.result_row(EVAL, label, task, length=length, n=len(scores),
                                            score=100 * sum(scores) / len(scores)))
