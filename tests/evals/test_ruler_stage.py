@@ -29,6 +29,7 @@ def test_ruler_command_writes_results_table_heatmap_and_is_idempotent(tmp_path, 
     assert (out / "ruler_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["skipped_cells"] == len(skipped) and manifest["external_inputs"] == [model_uri]
+    assert manifest["metrics"]["checkpoint_steps"] == {"pretrain-abc": 3}
     section = ruler.report_section(manifest, str(out), str(tmp_path))
     assert "| task | pretrain-abc @ 256 | n |" in section and "ruler_heatmap.png" in section
     main(argv)  # the same model, lengths and samples: the finished artifact is reused, not rewritten
@@ -46,3 +47,17 @@ def test_batches_never_mix_token_budgets_and_keep_the_batch_size():
     for batch in batches:
         assert len(batch) <= 2 and len({budgets[i] for i in batch}) == 1
     assert batches[0] == [3, 1]  # the 30-token budget rows, longest prompt first
+
+
+def test_haystack_documents_are_the_held_out_side_of_the_models_corpus(model_artifact, tmp_path):
+    from tests.evals.eval_fixtures import HELDOUT_FRACTION, corpus_documents
+    from xgen_core.evals.models import training_documents
+    from xgen_core.tokens.corpus import is_heldout_cluster
+
+    model_uri, _ = model_artifact
+    held_out = [doc for i, doc in enumerate(corpus_documents()) if is_heldout_cluster(f"c{i}", HELDOUT_FRACTION)]
+    assert training_documents(model_uri, limit=1000) == held_out
+    assert training_documents(model_uri, limit=2) == held_out[:2]
+    given = tmp_path / "docs.jsonl"
+    given.write_text('{"text": "First given document."}\n{"text": "Second one."}\n')
+    assert training_documents(model_uri, 10, str(given)) == ["First given document.", "Second one."]

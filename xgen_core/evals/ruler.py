@@ -21,11 +21,12 @@ HEATMAP_FILE = "ruler_heatmap.png"
 
 def run(ctx) -> dict:
     settings = ctx.cfg.ruler
-    rows, predictions, skipped = [], [], []
+    rows, predictions, skipped, steps = [], [], [], {}
     uris = model_uris(ctx)
     for uri in uris:
         model = TextModel.load(uri, settings.batch_size)
         label = model_label(uri)
+        steps[label] = model.step
         ctx.log(f"{label} (step {model.step}): {len(settings.tasks)} tasks x lengths {settings.lengths}")
         corpus = build_corpus(training_documents(uri, settings.max_documents, settings.documents), settings.seed)
         builder = TaskBuilder(model.count_tokens, corpus, settings.seed, settings.max_new_tokens)
@@ -41,7 +42,7 @@ def run(ctx) -> dict:
     return {
         "counts": {"models": len(uris), "results": len(rows), "samples": len(predictions),
                    "skipped_cells": len(skipped)},
-        "metrics": {"mean_score": results_lib.mean_score(rows)},
+        "metrics": {"mean_score": results_lib.mean_score(rows), "checkpoint_steps": steps},
     }
 
 
