@@ -18,7 +18,7 @@ def test_rows_round_trip_through_results_jsonl_and_the_table(tmp_path):
     assert list(first) == ["eval", "model", "task", "length", "n", "score"]
     assert rows[2]["score"] == 0.12
     table = (tmp_path / "results.md").read_text()
-    assert table.startswith("### RULER")
+    assert table.startswith("### Eval: RULER")
     assert "| task | pretrain-a @ 128 | pretrain-a @ 256 | n |" in table  # lengths ascending
     assert "| niah_single_1 | 100.0 | 50.0 | 4 |" in table
     assert "| qa | — | 0.1 | 4 |" in table  # a cell never built

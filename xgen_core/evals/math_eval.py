@@ -144,11 +144,12 @@ def run(ctx) -> dict:
     tasks, quarantined = load_tasks(settings)
     for bad in quarantined:
         ctx.log(f"quarantined {bad['source']} line {bad['line']}: {bad['reason']}")
-    rows, predictions = [], []
+    rows, predictions, steps = [], [], {}
     uris = model_uris(ctx)
     for uri in uris:
         model = TextModel.load(uri, settings.batch_size)
         label = model_label(uri)
+        steps[label] = model.step
         listed = [(task, problem) for task, problems in tasks.items() for problem in problems]
         completions = model.complete([PROMPT.format(question=problem["question"]) for _, problem in listed],
                                      [settings.max_new_tokens] * len(listed))  # every task in shared batches
@@ -168,7 +169,7 @@ def run(ctx) -> dict:
         store.write_text(join(ctx.output, name), "".join(json.dumps(r) + "\n" for r in records))
     counts = {"models": len(uris), "problems": sum(len(p) for p in tasks.values()), "quarantined": len(quarantined),
               **{f"quarantined_{reason}": n for reason, n in Counter(q["reason"] for q in quarantined).items()}}
-    return {"counts": counts, "metrics": {"mean_score": results_lib.mean_score(rows)}}
+    return {"counts": counts, "metrics": {"mean_score": results_lib.mean_score(rows), "checkpoint_steps": steps}}
 
 
 def report_section(manifest: dict, uri: str, run_folder: str) -> str:

@@ -52,8 +52,7 @@ class TextModel:
         return 1 + len(self.trained.tokenizer.encode(text).ids)
 
     def complete(self, prompts: list[str], max_new_tokens: list[int]) -> list[str]:
-        """Greedy completions, each cut at EOS or its own `max_new_tokens` (a batch decodes to its longest
-        budget; greedy decoding makes the shorter rows' first tokens the same as a shorter run's)."""
+        """Greedy completions, each cut at EOS or after its own `max_new_tokens`."""
         import jax
 
         from xgen_core.infer.model_artifact import compute_dtype_of
@@ -63,20 +62,31 @@ class TextModel:
         spec = trained.model.spec
         weights = decoder_weights(trained.params, spec)
         ids = [[special["bos_id"], *trained.tokenizer.encode(prompt).ids] for prompt in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
         completions: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            budget = max(max_new_tokens[i] for i in rows)
+        for rows in self._batches(ids, max_new_tokens):
+            budget = max_new_tokens[rows[0]]
             config = SamplingConfig(max_new_tokens=budget, greedy=True, stop_tokens=(special["eos_id"],))
             generated = generate(weights, spec, [ids[i] for i in rows], config, jax.random.key(0),
                                  compute_dtype=compute_dtype_of(trained), attention_impl=trained.model.attention_impl)
             for row, output in zip(rows, generated):
-                tokens = output.completion_ids[: max_new_tokens[row]]
+                tokens = output.completion_ids
                 if special["eos_id"] in tokens:
                     tokens = tokens[: tokens.index(special["eos_id"])]
                 completions[row] = trained.tokenizer.decode(tokens)
         return completions
+
+    def _batches(self, ids: list[list[int]], max_new_tokens: list[int]) -> list[list[int]]:
+        """Row indices per sampler call: rows of one token budget together (a prompt sized to fill the context
+        with its own budget must not decode to another row's), similar prompt lengths next to each other."""
+        order = sorted(range(len(ids)), key=lambda i: (max_new_tokens[i], -len(ids[i])))
+        batches: list[list[int]] = []
+        for index in order:
+            if batches and len(batches[-1]) < self.batch_size and \
+                    max_new_tokens[batches[-1][0]] == max_new_tokens[index]:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+        return batches
 
 
 def _find_upstream(uri: str, stage: str, depth: int = 6) -> tuple[str, dict] | None:

@@ -24,6 +24,7 @@ from xgen_core.storage import join, store_for
 RESULTS_FILE = "results.jsonl"
 TABLE_FILE = "results.md"
 REQUIRED_KEYS = ("eval", "model", "task", "n", "score")
+TABLE_HEADING = "### Eval: "  # `make run` prints every table under such a heading from the run report
 
 
 def result_row(eval_name: str, model: str, task: str, *, n: int, score: float, length: int | None = None,
@@ -41,7 +42,8 @@ def result_row(eval_name: str, model: str, task: str, *, n: int, score: float, l
 
 
 def write_results(folder: str, rows: list[dict], title: str | None = None, table: str | None = None) -> dict[str, str]:
-    """`results.jsonl` and `results.md` (`table`, else `markdown_table(rows)`, under `title` when given) in `folder`."""
+    """`results.jsonl` and `results.md` (`table`, else `markdown_table(rows)`, under "### Eval: {title}" when given)
+    in `folder`."""
     for row in rows:
         missing = [key for key in REQUIRED_KEYS if key not in row]
         if missing:
@@ -50,7 +52,7 @@ def write_results(folder: str, rows: list[dict], title: str | None = None, table
     store = store_for(folder)
     store.write_text(results_uri, "".join(json.dumps(row, sort_keys=False) + "\n" for row in rows))
     table = markdown_table(rows) if table is None else table
-    store.write_text(table_uri, (f"### {title}\n\n" if title else "") + table + "\n")
+    store.write_text(table_uri, (f"{TABLE_HEADING}{title}\n\n" if title else "") + table + "\n")
     return {"results": results_uri, "table": table_uri}
 
 

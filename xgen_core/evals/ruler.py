@@ -21,11 +21,12 @@ HEATMAP_FILE = "ruler_heatmap.png"
 
 def run(ctx) -> dict:
     settings = ctx.cfg.ruler
-    rows, predictions, skipped = [], [], []
+    rows, predictions, skipped, steps = [], [], [], {}
     uris = model_uris(ctx)
     for uri in uris:
         model = TextModel.load(uri, settings.batch_size)
         label = model_label(uri)
+        steps[label] = model.step
         ctx.log(f"{label} (step {model.step}): {len(settings.tasks)} tasks x lengths {settings.lengths}")
         corpus = build_corpus(training_documents(uri, settings.max_documents, settings.documents), settings.seed)
         builder = TaskBuilder(model.count_tokens, corpus, settings.seed, settings.max_new_tokens)
@@ -41,7 +42,7 @@ def run(ctx) -> dict:
     return {
         "counts": {"models": len(uris), "results": len(rows), "samples": len(predictions),
                    "skipped_cells": len(skipped)},
-        "metrics": {"mean_score": results_lib.mean_score(rows)},
+        "metrics": {"mean_score": results_lib.mean_score(rows), "checkpoint_steps": steps},
     }
 
 
@@ -72,7 +73,8 @@ def evaluate(model: TextModel, builder: TaskBuilder, tasks: list[str], lengths: 
                             "tokens": sample.tokens, "references": sample.references, "prediction": prediction,
                             "score": metric_for(sample.task)(prediction, sample.references)})
     rows = []
-    for task, length in dict.fromkeys((s.task, s.length) for s in samples):
+    cells = sorted(set((s.task, s.length) for s in samples), key=lambda cell: (list(TASKS).index(cell[0]), cell[1]))
+    for task, length in cells:
         scores = [p["score"] for p in predictions if p["task"] == task and p["length"] == length]
         rows.append(results_lib.result_row(EVAL, label, task, length=length, n=len(scores),
                                            score=100 * sum(scores) / len(scores)))
