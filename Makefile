@@ -41,7 +41,8 @@ run: env $(AIRFLOW_HOME)/airflow.db
 	@set -o pipefail; $(PY) infra/local/run_dag.py xgen_end_to_end --conf '{"profile": "tiny", "root": "$(ARTIFACTS)"}' \
 		2>&1 | tee $(AIRFLOW_HOME)/logs/make-run.log | grep --line-buffered -E "\[DAG TEST\] end task|xgen_end_to_end: run|error:"
 	@run=$$(ls -td $(ARTIFACTS)/runs/*/ | head -1); echo "artifacts: $(ARTIFACTS)"; echo "report:    $${run}report.md"; \
-		sed -n '/^#### Curriculum stages/,/^!\[/p' $${run}report.md | grep -v '^!\[' || true  # the data report's mixture summary
+		sed -n '/^#### Curriculum stages/,/^!\[/p' $${run}report.md | grep -v '^!\[' || true; \
+		sed -n '/^HumanEval pass@k/,/^Every completion/p' $${run}report.md  # the mixture summary, the HumanEval table
 
 test: env
 	$(PY) -m pytest -q
