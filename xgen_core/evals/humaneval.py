@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from xgen_core.errors import XgenError
-from xgen_core.evals.results import TABLE_FILE, read_results, results_table, write_results
+from xgen_core.evals.results import TABLE_FILE, TABLE_HEADING, read_results, results_table, write_results
 from xgen_core.storage import join, store_for
 
 SAMPLES_FILE = "samples.jsonl"
@@ -194,9 +194,9 @@ def report_section(manifest: dict, uri: str, run_folder: str) -> str:
     rows = read_results(uri)
     model = rows[0]["model"] if rows else manifest.get("inputs", {}).get("pretrain", "")
     too_long = manifest.get("counts", {}).get("problems_prompt_too_long", 0)
-    lines = [f"HumanEval pass@k (scores 0-100) of `{model}` (checkpoint step "
-             f"{manifest.get('metrics', {}).get('checkpoint_step', '?')}), completions run in the code sandbox.", "",
-             results_table(rows, TABLE_COLUMNS), ""]
+    lines = [f"{TABLE_HEADING}HumanEval pass@k", "",
+             f"Scores 0-100 of `{model}` (checkpoint step {manifest.get('metrics', {}).get('checkpoint_step', '?')}), "
+             "completions run in the code sandbox.", "", results_table(rows, TABLE_COLUMNS), ""]
     if too_long:
         lines += [f"{too_long} problem(s) did not fit the model's context and count as failed.", ""]
     lines.append(f"Every completion and its outcome: `{join(uri, SAMPLES_FILE)}`; table: `{join(uri, TABLE_FILE)}`.")
