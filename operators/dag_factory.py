@@ -154,6 +154,7 @@ def stage_dag(dag_id: str, stages: list[Stage], description: str, extra_params: 
                 if upstream in names:
                     tasks[upstream] >> tasks[stage.name]
         report = XgenStageOperator(stage="report", run_overrides=overrides, outlets=list(outlets or []),
+                                   inlets=list(inlets or []),
                                    artifact_tasks=tuple(tasks), **task_settings("report", orchestration))
         list(tasks.values()) >> report
     return dag

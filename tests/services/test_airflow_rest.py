@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -54,6 +55,7 @@ def start_postgres(folder: Path) -> tuple[str, list[subprocess.Popen]] | tuple[N
         return None, f"no PostgreSQL server at {PG_BIN}"
     data = folder / "pgdata"
     data.mkdir(parents=True)
+    folder.parent.chmod(0o755)
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
     if as_postgres:
         shutil.chown(folder, "postgres")
@@ -100,7 +102,8 @@ class Airflow:
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow")
-    database, started = start_postgres(home / "pg")
+    pg_folder = Path(tempfile.mkdtemp(prefix="xgen-pg-"))  # pytest's temp root is private to root; postgres runs as postgres
+    database, started = start_postgres(pg_folder / "pg")
     processes: list[subprocess.Popen] = [] if database is None else list(started)
     if database is None:
         print(f"\nAirflow metadata database: SQLite, because PostgreSQL could not start here: {started}")
@@ -113,6 +116,7 @@ def airflow(tmp_path_factory):
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+           "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",  # a loaded 2-core machine answers slowly
            "PATH": f"{BIN}:{os.environ['PATH']}", "PYSPARK_PYTHON": sys.executable}
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
     try:
@@ -142,6 +146,7 @@ def airflow(tmp_path_factory):
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(pg_folder, ignore_errors=True)
 
 
 def write_snapshot(folder: Path, snapshot: str) -> str:
@@ -173,7 +178,8 @@ def test_rest_trigger_backfill_and_clear_one_task(airflow, tmp_path):
         "dag_id": "xgen_data_refresh", "from_date": "2026-01-05T00:00:00Z", "to_date": "2026-01-18T00:00:00Z",
         "reprocess_behavior": "none", "max_active_runs": 1, "dag_run_conf": refresh_conf, "run_backwards": False})
     runs = wait_for(lambda: len(found := [r for r in client.call("GET", "/api/v2/dags/xgen_data_refresh/dagRuns")[
-        "dag_runs"] if r.get("backfill_id") == backfill["id"]]) == 2 and found, "two backfill runs", 120)
+        "dag_runs"] if r["run_type"] == "backfill"]) == 2 and found, "two backfill runs", 120)
+    assert backfill["dag_id"] == "xgen_data_refresh"
     runs.sort(key=lambda r: r["logical_date"])
     assert [client.wait_run("xgen_data_refresh", r["dag_run_id"]) for r in runs] == ["success", "success"]
     ingests = sorted(root.glob("ingest-*"))
