@@ -14,11 +14,12 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYSPARK_PYTHON               := $(CURDIR)/$(PY)
 export SPARK_LOCAL_IP               := 127.0.0.1
 
-.PHONY: help env run test test-fast airflow clean
+.PHONY: help env run test test-fast test-services airflow clean
 
 help:
 	@echo "make run      the whole pipeline on the tiny profile through Airflow; artifacts under ./artifacts"
 	@echo "make test     the whole test suite"
+	@echo "make test-services  tests against real services: Spark standalone, Airflow (REST API, PostgreSQL)"
 	@echo "make airflow  Airflow standalone on localhost:8080 with the DAGs loaded"
 
 .tools/bin/uv:
@@ -45,10 +46,14 @@ run: env $(AIRFLOW_HOME)/airflow.db
 		awk '/^### Eval: /{p=1} p&&/^$$/&&t{p=t=0; print ""} p{print; if (/^\|/) t=1}' $${run}report.md  # mixture summary, eval tables
 
 test: env
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/services
 
 test-fast: env
 	$(PY) -m pytest -q -m "not spark and not airflow"
+
+# Starts its services on 127.0.0.1 and stops them; a service that cannot start here is skipped with the reason.
+test-services: env
+	$(PY) -m pytest -q -rs tests/services
 
 airflow: env $(AIRFLOW_HOME)/airflow.db
 	@echo "Airflow on http://localhost:8080 ; login printed below (also in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated)"

@@ -87,7 +87,8 @@ def common_params(stages: list[Stage]) -> dict:
     """What a user gives a run (from the UI's trigger form or the REST API's `conf`), checked by JSON schema."""
     return {
         "profile": Param("tiny", type="string", enum=profiles(), description="config profile from configs/"),
-        "root": Param("", type="string", description="artifact root (file path or gs://...); empty = the profile's"),
+        "root": Param(os.environ.get("XGEN_ARTIFACTS", ""), type="string",
+                      description="artifact root (file path or gs://...); default $XGEN_ARTIFACTS, empty = the profile's"),
         "overrides": Param([], type="array", items={"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*=.*$"},
                            description="config overrides key=value, e.g. train_run.max_steps=20"),
         "backend": Param("", type="string", enum=["", *BACKENDS],
@@ -153,6 +154,7 @@ def stage_dag(dag_id: str, stages: list[Stage], description: str, extra_params: 
                 if upstream in names:
                     tasks[upstream] >> tasks[stage.name]
         report = XgenStageOperator(stage="report", run_overrides=overrides, outlets=list(outlets or []),
+                                   inlets=list(inlets or []),
                                    artifact_tasks=tuple(tasks), **task_settings("report", orchestration))
         list(tasks.values()) >> report
     return dag

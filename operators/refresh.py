@@ -18,6 +18,7 @@ from datetime import datetime
 from airflow.sdk import Param
 
 from xgen_core.config import load_config
+from xgen_core.stages import STAGES
 from xgen_core.storage import normalize_uri
 
 REFRESH_PARAMS = {
@@ -45,9 +46,19 @@ def refresh_overrides(operator, context) -> list[str]:
         root = normalize_uri(params.get("root") or cfg.root)
         previous = previous_curated(context["inlet_events"][family("xgen_data_refresh").asset], snapshot, root)
         if previous:
-            overrides += [f"ingest.append_to={json.dumps(previous['ingest'])}",
-                          f"dedup.reuse_signatures_from={json.dumps(previous['dedup'])}"]
+            for stage, key in REUSE_FLAGS:
+                overrides.append(f"{key}={json.dumps(previous[stage])}")
     return overrides
+
+
+def reuse_flags() -> tuple[tuple[str, str], ...]:
+    """(stage, config key) of the stage-table flags that build on an earlier artifact of the same stage: the ingest
+    that is appended to (ingest.append_to) and the dedup whose signatures are reused (dedup.reuse_signatures_from)."""
+    return tuple((stage.name, flag.key) for stage in STAGES for flag in stage.flags
+                 if flag.key.endswith((".append_to", ".reuse_signatures_from")))
+
+
+REUSE_FLAGS = reuse_flags()
 
 
 def snapshot_of_run(context, snapshot_format: str) -> str:
@@ -65,8 +76,9 @@ def previous_curated(events, snapshot: str, root: str) -> dict | None:
     for event in reversed(list(events)):
         extra = event.extra or {}
         artifacts = extra.get("artifacts") or {}
-        if extra.get("snapshot") == snapshot or not {"ingest", "dedup"} <= set(artifacts):
+        needed = [stage for stage, _ in REUSE_FLAGS]
+        if extra.get("snapshot") == snapshot or not set(needed) <= set(artifacts):
             continue
-        if normalize_uri(artifacts["ingest"]).startswith(root.rstrip("/") + "/"):
-            return {"ingest": artifacts["ingest"], "dedup": artifacts["dedup"], "snapshot": extra.get("snapshot")}
+        if all(normalize_uri(artifacts[stage]).startswith(root.rstrip("/") + "/") for stage in needed):
+            return {**{stage: artifacts[stage] for stage in needed}, "snapshot": extra.get("snapshot")}
     return None

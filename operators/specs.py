@@ -118,7 +118,10 @@ def kubernetes_spec(stage: Stage, argv: list[str], cfg: XgenConfig) -> dict:
             "metadata": {"name": name, "namespace": k8s.namespace, "labels": labels(stage)},
             "spec": pod_spec(stage, argv, cfg, env=[]),
         }
-    return {"backend": "kubernetes", "manifest": manifest}
+    spec = {"backend": "kubernetes", "manifest": manifest}
+    if manifest["kind"] == "Job":
+        spec["service"] = headless_service(name, k8s.namespace)  # the pods' DNS names (apply it with the Job)
+    return spec
 
 
 def labels(stage: Stage) -> dict:
@@ -209,10 +212,12 @@ def indexed_job(stage: Stage, argv: list[str], cfg: XgenConfig, name: str) -> di
             "template": {"metadata": {"labels": {**labels(stage), "job-name": name}},
                          "spec": pod_spec(stage, argv, cfg, tpu_env(cfg, hostnames), subdomain=name)},
         },
-        "service": {"apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": name, "namespace": k8s.namespace},
-                    "spec": {"clusterIP": "None", "selector": {"job-name": name}}},
     }
+
+
+def headless_service(name: str, namespace: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterIP": "None", "selector": {"job-name": name}}}
 
 
 # --- dataproc / spark-submit --------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 # The orchestrator image: Airflow (scheduler, API server, DAG processor, triggerer) with the DAGs and operators.
 # It holds no JAX or Spark runtime beyond what the local backend needs; stage containers use the pipeline image.
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE: any Debian bookworm image with Python 3.11 (python:3.11-slim-bookworm from a registry, or a local
+# base made with debootstrap + `podman import` where no registry is reachable).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     UV_PROJECT_ENVIRONMENT=/opt/venv \

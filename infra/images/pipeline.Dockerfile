@@ -1,6 +1,9 @@
 # The pipeline image: what every stage container runs (`python -m data_jobs.<stage>` / `python -m train_jobs.<stage>`).
 # Spark stages need Java; JAX stages on TPU hosts build with --build-arg EXTRAS="--extra tpu" (jax[tpu], libtpu).
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE: any Debian bookworm image with Python 3.11 (python:3.11-slim-bookworm from a registry, or a local
+# base made with debootstrap + `podman import` where no registry is reachable).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG EXTRAS=""
 ENV PYTHONUNBUFFERED=1 \

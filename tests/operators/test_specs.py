@@ -50,14 +50,14 @@ def test_pretrain_on_a_v5p_slice_is_a_jobset_of_one_pod_per_host_with_tpu_select
 
 
 def test_the_indexed_job_variant_names_its_pods_through_a_headless_service():
-    manifest = spec_for("kubernetes", "pretrain", "xgen-small-4b",
-                        ("orchestration.kubernetes.tpu.multi_host=indexed_job",))["manifest"]
+    spec = spec_for("kubernetes", "pretrain", "xgen-small-4b", ("orchestration.kubernetes.tpu.multi_host=indexed_job",))
+    manifest = spec["manifest"]
     assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "Job")
     name = manifest["metadata"]["name"]
     job = manifest["spec"]
     assert job["parallelism"] == job["completions"] == 256 and job["completionMode"] == "Indexed"
     pod = job["template"]["spec"]
-    assert pod["subdomain"] == name and manifest["service"]["spec"] == {"clusterIP": "None",
+    assert pod["subdomain"] == name and spec["service"]["spec"] == {"clusterIP": "None",
                                                                        "selector": {"job-name": name}}
     assert job["template"]["metadata"]["labels"]["job-name"] == name
     hosts = {e["name"]: e for e in pod["containers"][0]["env"]}["TPU_WORKER_HOSTNAMES"]["value"].split(",")

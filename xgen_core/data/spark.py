@@ -12,9 +12,13 @@ from xgen_core.data.spark_cds import java_options
 def get_spark(cfg: SparkConfig):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Under spark-submit the driver JVM is already up: connect first, so SparkConf() reads its settings
+        # (--master among them); otherwise SparkConf() sees none of them and the config's master would win.
+        SparkContext._ensure_initialized()
     conf = SparkConf()
     if not conf.contains("spark.master"):  # spark-submit's --master wins over the config
         conf.setMaster(cfg.master)
