@@ -25,7 +25,7 @@ def listed_commands(capsys) -> dict[str, list[str]]:
     top = help_text(capsys)
     listed = {}
     for group, description in GROUPS.items():
-        match = re.search(rf"\b{group} {re.escape(description)}: ([a-z-]+(?:, [a-z-]+)*)", top)
+        match = re.search(rf"\b{group} {re.escape(description)}: ([a-z0-9-]+(?:, [a-z0-9-]+)*)", top)
         if match:
             listed[group] = match.group(1).split(", ")
         else:
