@@ -25,8 +25,10 @@ help:
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_PIN)
 
+# --compile-bytecode: every Spark Python worker imports pyarrow, pandas and numpy; without .pyc files (sessions that
+# set PYTHONDONTWRITEBYTECODE) each worker compiles them again, ~3 CPU-seconds a worker.
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it
+	$(UV) sync --frozen --compile-bytecode --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it
 	$(PY) -m xgen_core.data.spark_cds  # class archive for fast local Spark drivers (once per environment)
 	@touch $@
 

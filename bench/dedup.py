@@ -9,10 +9,15 @@ Generates a labelled near-duplicate set (xgen_core.data.neardup_set), then in th
   5. with --numpy-lsh: xgen_core.data.minhash's signatures in this process, each hash scheme, LSH bands and
      components in numpy (all bucket members linked, and linked only to a sorted neighbour at estimated
      Jaccard >= threshold): the quality of the fast hash scheme against the datasketch-compatible one.
-Prints pairwise precision / recall / F1, hard negatives merged, documents lost, docs/s, and every speed ratio.
+Prints pairwise precision / recall / F1, hard negatives merged, documents lost, docs/s and microseconds per document,
+every speed ratio, and the Spark job's peak memory (driver/executor JVM and Python workers, RSS sampled every 0.2 s).
+With --refresh it runs only the refresh benchmark: the generated set's last (8th) snapshot added to a dedup output of
+the other 7, reusing its signatures, against all 8 from scratch, in one Spark session; prints the time ratio and
+whether both outputs are byte-identical.
 The separate environments: `bench/envs/setup.sh` (under .bench/envs/, ignored by git).
 
     .venv/bin/python bench/dedup.py --docs 100000 --cores 2 --datatrove --rensa --numpy-lsh
+    .venv/bin/python bench/dedup.py --docs 100000 --cores 2 --refresh
 
 Spark settings for a short local job (override with --conf): C1-only JIT and parallel GC with as many threads as
 cores (a fresh JVM otherwise spends tens of CPU-seconds in the C2 compiler), adaptive query execution off (its
@@ -33,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,23 +96,10 @@ def short_local_job_conf(cores: int, class_sharing: bool) -> list[str]:
     return [f"spark.driver.extraJavaOptions={jvm} {java_options(class_sharing)}".strip(), "spark.sql.adaptive.enabled=false"]
 
 
-def run_spark(
-    path: Path,
-    output: Path,
-    cores: int,
-    threshold: float,
-    num_perm: int,
-    ngram: int,
-    conf: list[str],
-    class_sharing: bool,
-    hash_scheme: str = "fast",
-) -> dict[str, str]:
+def spark_session(cores: int, conf: list[str], class_sharing: bool):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
-
-    from xgen_core.config import load_config
-    from xgen_core.data.dedup import run_dedup
 
     builder = (
         SparkSession.builder.master(f"local[{cores}]")
@@ -121,9 +114,14 @@ def run_spark(
     spark = builder.getOrCreate()
     print(f"session up [cpu {process_tree_cpu_seconds():.1f} s]")
     spark.sparkContext.setLogLevel("ERROR")
-    rows = pq.ParquetFile(path).metadata.num_rows  # one chunk per core
-    # The pipeline's dedup section (top-k, ranking, Jaccard check as configured), with the benchmark's settings;
-    # seed 1 is the seed the datasketch baseline uses.
+    return spark
+
+
+def dedup_params(rows: int, cores: int, threshold: float, num_perm: int, ngram: int, hash_scheme: str):
+    """The pipeline's dedup section (top-k, ranking, Jaccard check as configured), with the benchmark's settings and
+    one chunk per core; seed 1 is the seed the datasketch baseline uses."""
+    from xgen_core.config import load_config
+
     settings = {
         "ngram": ngram,
         "num_perm": num_perm,
@@ -132,13 +130,122 @@ def run_spark(
         "rows_per_chunk": -(-rows // cores),
         "hash_scheme": hash_scheme,
     }
-    params = load_config("tiny", [f"dedup.{key}={value}" for key, value in settings.items()]).dedup
-    counts = run_dedup(spark, str(path), str(output), params, log=lambda m: print(f"{m} [cpu {process_tree_cpu_seconds():.1f} s]"))
+    return load_config("tiny", [f"dedup.{key}={value}" for key, value in settings.items()]).dedup
+
+
+def log_with_cpu(message: str) -> None:
+    print(f"{message} [cpu {process_tree_cpu_seconds():.1f} s]", flush=True)
+
+
+def run_spark(
+    path: Path,
+    output: Path,
+    cores: int,
+    threshold: float,
+    num_perm: int,
+    ngram: int,
+    conf: list[str],
+    class_sharing: bool,
+    hash_scheme: str = "fast",
+) -> dict[str, str]:
+    from xgen_core.data.dedup import run_dedup
+
+    spark = spark_session(cores, conf, class_sharing)
+    params = dedup_params(pq.ParquetFile(path).metadata.num_rows, cores, threshold, num_perm, ngram, hash_scheme)
+    counts = run_dedup(spark, str(path), str(output), params, log=log_with_cpu)
     print(f"spark cpu seconds (driver, JVM, Python workers): {process_tree_cpu_seconds():.1f}")
     spark.stop()
     table = pq.read_table(output / "data", columns=["id", "cluster_id"])
     print(f"spark counts: {json.dumps(counts)}")
     return dict(zip(table.column("id").to_pylist(), table.column("cluster_id").to_pylist()))
+
+
+def split_last_snapshot(path: Path, folder: Path) -> tuple[Path, Path]:
+    """The input as two files: every snapshot but the last (the corpus so far) and the last one (the new crawl)."""
+    table = pq.read_table(path)
+    last = max(table.column("snapshot").to_pylist())
+    is_last = pa.compute.equal(table.column("snapshot"), last)
+    earlier, new = folder / "earlier-snapshots.parquet", folder / "new-snapshot.parquet"
+    pq.write_table(table.filter(pa.compute.invert(is_last)), earlier, row_group_size=4096)
+    pq.write_table(table.filter(is_last), new, row_group_size=4096)
+    return earlier, new
+
+
+def same_bytes(left: Path, right: Path) -> bool:
+    files = sorted(p.relative_to(left) for p in left.rglob("*.parquet"))
+    return files == sorted(p.relative_to(right) for p in right.rglob("*.parquet")) and all(
+        (left / f).read_bytes() == (right / f).read_bytes() for f in files
+    )
+
+
+def run_refresh(path: Path, workdir: Path, args) -> None:
+    """A weekly refresh: the 8th snapshot added to a 7-snapshot corpus whose dedup output exists, reusing its
+    signatures, against a dedup of all 8 from scratch; both in one Spark session, each timed from call to output."""
+    from xgen_core.data.dedup import run_dedup
+
+    folder = workdir / "refresh"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    earlier, new = split_last_snapshot(path, folder)
+    spark = spark_session(args.cores, args.conf, not args.no_class_sharing)
+    rows = pq.ParquetFile(path).metadata.num_rows
+    params = dedup_params(rows, args.cores, args.threshold, args.num_perm, args.ngram, args.hash_scheme)
+    both = [str(earlier), str(new)]
+    start = time.perf_counter()
+    run_dedup(spark, [str(earlier)], str(folder / "week-7"), params, log=log_with_cpu)
+    print(f"the 7-snapshot corpus deduplicated (not timed in the ratio): {time.perf_counter() - start:.2f} s")
+    timings = {}
+    for name, previous in (("from-scratch", None), ("incremental", str(folder / "week-7"))):
+        start = time.perf_counter()
+        counts = run_dedup(spark, both, str(folder / name), params, previous=previous, log=log_with_cpu)
+        timings[name] = time.perf_counter() - start
+        print(json.dumps({"refresh": name, "docs": rows, "seconds": round(timings[name], 2), "counts": counts}))
+    spark.stop()
+    identical = same_bytes(folder / "from-scratch", folder / "incremental")
+    print(f"incremental output equals from-scratch output byte for byte: {identical}")
+    ratio = timings["incremental"] / timings["from-scratch"]
+    print(f"refresh: incremental {timings['incremental']:.2f} s / from scratch {timings['from-scratch']:.2f} s = {ratio:.2f}")
+
+
+class PeakMemory:
+    """Peak resident memory of this process's Spark descendants, sampled every 0.2 s in a thread: the driver JVM
+    (in local mode also the executor) and the sum over its Python workers."""
+
+    def __init__(self):
+        import threading
+
+        self.jvm = self.python_workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            jvm = workers = 0
+            for process in me.children(recursive=True):
+                try:
+                    rss = process.memory_info().rss
+                    if process.name() == "java":
+                        jvm += rss
+                    else:
+                        workers += rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.jvm, self.python_workers = max(self.jvm, jvm), max(self.python_workers, workers)
+
+    def line(self) -> str:
+        gib = 1 << 30
+        return f"peak memory: driver/executor JVM {self.jvm / gib:.2f} GiB, Python workers {self.python_workers / gib:.2f} GiB (RSS)"
 
 
 def process_tree_cpu_seconds() -> float:
@@ -164,6 +271,7 @@ def report(name: str, predicted: dict[str, str], docs, seconds: float) -> dict:
     negatives = merged_hard_negatives(predicted, docs) if not lost else -1
     line = {
         "method": name, "docs": len(docs), "seconds": round(seconds, 2), "docs_per_s": round(len(docs) / seconds),
+        "us_per_doc": round(seconds / len(docs) * 1e6, 1),
         "precision": round(scores["precision"], 5), "recall": round(scores["recall"], 5), "f1": round(scores["f1"], 5),
         "hard_negatives_merged": negatives, "docs_lost": lost,
     }  # fmt: skip
@@ -332,6 +440,9 @@ def main() -> None:
     parser.add_argument("--rensa", action="store_true", help="also run the rensa 0.5.0 floor (bench/envs/setup.sh rensa)")
     parser.add_argument("--numpy-lsh", action="store_true", help="also check both hash schemes in-process")
     parser.add_argument("--hash-scheme", choices=["fast", "datasketch"], default="fast", help="the Spark job's MinHash")
+    parser.add_argument(
+        "--refresh", action="store_true", help="only the refresh benchmark: the last snapshot added to the others"
+    )
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting")
     parser.add_argument(
         "--no-class-sharing", action="store_true", help="start the driver JVM without the class archive `make env` builds"
@@ -345,6 +456,9 @@ def main() -> None:
     if not input_path.exists():
         write_input(docs, input_path)
     print(f"input: {input_path} ({len(docs)} docs, {len({d.true_cluster for d in docs})} true clusters)")
+    if args.refresh:
+        run_refresh(input_path, workdir, args)
+        return
 
     results = []
     if not args.skip_baseline:
@@ -375,18 +489,20 @@ def main() -> None:
         output = workdir / "spark-out"
         shutil.rmtree(output, ignore_errors=True)
         start = time.perf_counter()
-        labels = run_spark(
-            input_path,
-            output,
-            args.cores,
-            args.threshold,
-            args.num_perm,
-            args.ngram,
-            args.conf,
-            not args.no_class_sharing,
-            args.hash_scheme,
-        )
+        with PeakMemory() as memory:
+            labels = run_spark(
+                input_path,
+                output,
+                args.cores,
+                args.threshold,
+                args.num_perm,
+                args.ngram,
+                args.conf,
+                not args.no_class_sharing,
+                args.hash_scheme,
+            )
         results.append(report(f"spark-local[{args.cores}]", labels, docs, time.perf_counter() - start))
+        print(memory.line())
     print_ratios(results)
 
 

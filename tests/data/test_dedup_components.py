@@ -36,10 +36,14 @@ def union_find_roots(edges: list[tuple[int, int]]) -> dict[int, int]:
     return {node: find(node) for node in list(parent)}
 
 
-def spark_roots(spark, edges: list[tuple[int, int]]) -> dict[int, int]:
+# Star rounds alone, and after contracting each of 3 partitions (edges dealt round-robin, so components span them).
+CONTRACTIONS = [pytest.param(False, id="star-rounds"), pytest.param(True, id="partitions-contracted-first")]
+
+
+def spark_roots(spark, edges: list[tuple[int, int]], contract: bool = False) -> dict[int, int]:
     """node -> root from connected_components; fails if a node comes back with two roots."""
-    frame = spark.createDataFrame(edges, "src long, dst long")
-    rows = connected_components(frame).collect()
+    frame = spark.createDataFrame(edges, "src long, dst long").repartition(3)
+    rows = connected_components(frame, contract_partitions=contract).collect()
     roots = {row.node: row.root for row in rows}
     assert len(roots) == len(rows), "a node has more than one root"
     # Roots are not listed as nodes of their own: they point nowhere.
@@ -69,24 +73,38 @@ def arbitrary_graph(rng: random.Random) -> list[tuple[int, int]]:
     return [tuple(rng.sample(range(1, n + 1), 2)) for _ in range(rng.randint(1, 2 * n))]
 
 
-def test_bucket_stars_that_leave_a_node_between_two_roots_converge(spark):
-    assert spark_roots(spark, COUNTEREXAMPLE) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+@pytest.mark.parametrize("contract", CONTRACTIONS)
+def test_bucket_stars_that_leave_a_node_between_two_roots_converge(spark, contract):
+    assert spark_roots(spark, COUNTEREXAMPLE, contract) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
 
 
-def test_random_bucket_graphs_that_stop_early_under_the_old_rule_match_union_find(spark):
+@pytest.mark.parametrize("contract", CONTRACTIONS)
+def test_random_bucket_graphs_that_stop_early_under_the_old_rule_match_union_find(spark, contract):
     edges = disjoint_union([COUNTEREXAMPLE, *TWO_ROOTS_AFTER_ONE_ROUND])
-    assert spark_roots(spark, edges) == union_find_roots(edges)
+    assert spark_roots(spark, edges, contract) == union_find_roots(edges)
 
 
-def test_hundreds_of_random_graphs_match_union_find(spark):
+@pytest.mark.parametrize("contract", CONTRACTIONS)
+def test_hundreds_of_random_graphs_match_union_find(spark, contract):
     rng = random.Random(18)
     graphs = [bucket_graph(rng) for _ in range(300)] + [arbitrary_graph(rng) for _ in range(200)]
     edges = disjoint_union(graphs)
-    assert spark_roots(spark, edges) == union_find_roots(edges)
+    assert spark_roots(spark, edges, contract) == union_find_roots(edges)
 
 
+@pytest.mark.parametrize("contract", CONTRACTIONS)
 @pytest.mark.parametrize("seed", range(3))
-def test_single_random_graphs_match_union_find(spark, seed):
+def test_single_random_graphs_match_union_find(spark, seed, contract):
     rng = random.Random(seed)
     edges = bucket_graph(rng) + arbitrary_graph(rng)
-    assert spark_roots(spark, edges) == union_find_roots(edges)
+    assert spark_roots(spark, edges, contract) == union_find_roots(edges)
+
+
+def test_contracting_a_partition_links_each_component_to_its_smallest_node():
+    import pyarrow as pa
+
+    from xgen_core.data.dedup.components import local_stars
+
+    batches = [pa.RecordBatch.from_pydict({"src": [9, 4, 7], "dst": [4, 2, 8]}), pa.RecordBatch.from_pydict({"src": [5], "dst": [5]})]
+    stars = pa.Table.from_batches(list(local_stars(iter(batches)))).to_pydict()
+    assert sorted(zip(stars["src"], stars["dst"])) == [(4, 2), (8, 7), (9, 2)]

@@ -4,9 +4,12 @@ One module per step; `run_dedup` below chains them (nothing but small counts rea
 never enter the JVM):
   documents   Python tasks read the input chunks, quarantine bad rows and hash each text (exact key = graph node)
   signatures  MinHash per distinct text, vectorised per batch; reused from a previous run for unchanged snapshots
-  candidates  LSH band buckets -> candidate pairs inside each bucket -> MinHash-estimated Jaccard check
-  components  connected components of the checked pairs (large-star / small-star until every component is a star)
+  candidates  LSH band buckets -> candidate pairs inside each bucket -> each distinct pair's MinHash-estimated Jaccard
+              check (a sorted join by hand: pairs meet their src's signature, then their dst's)
+  components  connected components of the checked pairs (each partition contracted to stars, then large-star /
+              small-star until every component is a star)
   clusters    per cluster: size, snapshots, domains, first/last seen; top-k distinct variants kept, the rest flagged
+              (Spark windows over one exchange by cluster)
   write       Python tasks write each chunk's documents with their annotations (and its quarantined rows), in order
 """
 
@@ -67,10 +70,10 @@ def run_dedup(
     with ThreadPoolExecutor(max_workers=1) as background:
         # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
         stored = background.submit(store_signatures, signatures, hashable, output_uri, params)
-        edges = candidate_edges(signatures, params, int(spark.conf.get("spark.sql.shuffle.partitions")))
+        partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+        edges = candidate_edges(signatures, params, partitions)
         if params.verify_jaccard:
-            # A text seen in several snapshots or chunks has one signature: keep one row per node.
-            edges = verified_edges(edges, signatures.select("node", "signature").dropDuplicates(["node"]), params)
+            edges = verified_edges(edges, signatures.select("node", "signature"), params, partitions)
         roots = connected_components(edges, log)
         done("connected components")
         schemas = output_schemas(input_schema)

@@ -53,13 +53,14 @@ ANNOTATION_SCHEMA = T.StructType(
 def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupConfig) -> DataFrame:
     """Per (chunk, row): cluster_id, frequency metadata, cluster_rank and kept.
 
-    Spark's windows and aggregations only, after one exchange by cluster: they sort and spill, so no task ever holds
-    a whole cluster (a page copied 10M times is one cluster) in memory, as a Python batch or a collected list would.
+    Spark's windows only, after one exchange by cluster: they sort and spill, so no task ever holds a whole cluster
+    (a page copied 10M times is one cluster) in memory, as a Python batch or a collected list would. Every window is
+    partitioned by the cluster (and more), so the exchange by root serves them all; distinct counts are sums of
+    first-row flags, not distinct aggregations (those expand every row once per counted column and exchange twice).
     """
     order = variant_order(params.rank_by)
     clustered = slim.join(roots, "node", "left").withColumn("root", F.coalesce("root", "node"))
     columns = ["chunk", "row", "id", "node", "root", "snapshot", "domain", "crawl_time", "quality", "length"]
-    # Windows by (root, node) and by root, and the per-root aggregation, all reuse this one partitioning.
     by_cluster = clustered.select(*columns).repartition("root")
     copies = Window.partitionBy("root", "node")
     ranked = by_cluster.withColumn("exact_rank", F.row_number().over(copies.orderBy(*order))).withColumn(
@@ -69,15 +70,33 @@ def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupConfig) -> 
     repeat = F.col("exact_rank") > 1
     ranked = ranked.withColumn("cluster_rank", F.row_number().over(Window.partitionBy("root").orderBy(repeat, *order)))
     ranked = ranked.withColumn("kept", ~repeat & (F.col("cluster_rank") <= params.top_k))
-    stats = by_cluster.groupBy("root").agg(
-        cluster_key(F.min("node")).alias("cluster_id"),
-        F.count("*").alias("cluster_size"),
-        F.countDistinct("node").alias("n_variants"),
-        F.countDistinct("snapshot").alias("n_snapshots"),
-        F.countDistinct("domain").alias("n_domains"),
-        F.min("snapshot").alias("first_snapshot"),
-        F.max("snapshot").alias("last_snapshot"),
-        F.min("crawl_time").alias("first_seen"),
-        F.max("crawl_time").alias("last_seen"),
+    flagged = ranked.withColumns(
+        {
+            "first_of_snapshot": first_in_cluster("snapshot"),
+            "first_of_domain": first_in_cluster("domain") & F.col("domain").isNotNull(),
+        }
     )
-    return ranked.join(stats, "root").select(*ANNOTATION_SCHEMA.names)
+    stats = cluster_stats()
+    whole_cluster = Window.partitionBy("root")
+    annotated = flagged.withColumns({name: aggregate.over(whole_cluster) for name, aggregate in stats.items()})
+    return annotated.select(*ANNOTATION_SCHEMA.names)
+
+
+def first_in_cluster(column: str) -> Column:
+    """True on one row of each (cluster, value of `column`): summed, the number of distinct values (null counts once)."""
+    return F.row_number().over(Window.partitionBy("root", column).orderBy("chunk", "row")) == 1
+
+
+def cluster_stats() -> dict[str, Column]:
+    """The per-cluster aggregations, evaluated over the whole cluster's rows (flags from cluster_metadata)."""
+    return {
+        "cluster_id": cluster_key(F.min("node")),
+        "cluster_size": F.count("*"),
+        "n_variants": F.sum((F.col("exact_rank") == 1).cast("long")),
+        "n_snapshots": F.sum(F.col("first_of_snapshot").cast("long")),
+        "n_domains": F.sum(F.col("first_of_domain").cast("long")),
+        "first_snapshot": F.min("snapshot"),
+        "last_snapshot": F.max("snapshot"),
+        "first_seen": F.min("crawl_time"),
+        "last_seen": F.max("crawl_time"),
+    }

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as sparse_components
+
+EDGE_SCHEMA = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
+
+
+def local_stars(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: a partition's edges replaced by its components as stars, every node linked to the smallest node of
+    its component within the partition.
+
+    The union of these stars has the components of the union of the edges, and far fewer edges and rounds: on
+    LSH graphs most of a component usually lies in one partition. Memory is that of the partition, whatever the
+    size of a component.
+    """
+    tables = [batch for batch in batches if batch.num_rows]
+    if not tables:
+        return
+    src = np.concatenate([batch.column("src").to_numpy() for batch in tables])
+    dst = np.concatenate([batch.column("dst").to_numpy() for batch in tables])
+    nodes, index = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    adjacency = coo_matrix((np.ones(len(src), dtype=np.int32), (index[: len(src)], index[len(src) :])), shape=(len(nodes),) * 2)
+    _, label = sparse_components(adjacency, directed=False)
+    # nodes are sorted: the first node carrying a label is its component's smallest.
+    _, first = np.unique(label, return_index=True)
+    root = nodes[first[label]]
+    linked = nodes != root
+    yield pa.RecordBatch.from_arrays([pa.array(nodes[linked]), pa.array(root[linked])], names=["src", "dst"])
 
 
 def large_star(edges: DataFrame) -> DataFrame:
@@ -25,15 +55,22 @@ def small_star(edges: DataFrame) -> DataFrame:
 
 
 def connected_components(
-    edges: DataFrame, log: Callable[[str], None] = lambda message: None, max_iterations: int = 50
+    edges: DataFrame,
+    log: Callable[[str], None] = lambda message: None,
+    max_iterations: int = 50,
+    contract_partitions: bool = True,
 ) -> DataFrame:
     """(node, root) for every node on an edge (src, dst) of any orientation; root is the smallest node of its
     component.
 
-    Alternates large-star and small-star (Kiveris et al., 2014), which keep the components unchanged, until the
+    First each partition's edges are contracted to stars (`local_stars`, unless contract_partitions is False);
+    then large-star and small-star (Kiveris et al., 2014), which keep the components unchanged, alternate until the
     edges form stars: each component then is its minimum with every other node pointing at it, and only at it.
     """
-    current = edges.select("src", "dst").localCheckpoint()
+    current = edges.select("src", "dst")
+    if contract_partitions:
+        current = current.mapInArrow(local_stars, EDGE_SCHEMA)
+    current = current.localCheckpoint()
     for iteration in range(max_iterations):
         current = small_star(large_star(current)).localCheckpoint()
         if is_star_forest(current):
