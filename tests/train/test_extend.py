@@ -23,7 +23,8 @@ from xgen_core.train.loop import Continuation, pretrain
 from xgen_core.train.metrics import read_metrics
 
 EXTEND_LEN, EXTEND_TOKENS, EXTEND_STEPS = 128, {"extend_32k": 4096}, 8  # 4096 / (4 x 128) = 8 steps
-BLOCKWISE_MICRO = MICRO_MODEL.model_copy(update={"attention_impl": "blockwise"})
+# The loop tests use the micro model's default attention (fast to compile); the masking test runs blockwise.
+EXTEND_MODEL = MICRO_MODEL
 
 
 def test_long_documents_concatenate_one_group_in_order_and_keep_held_out_apart():
@@ -73,7 +74,7 @@ def continuation(pre_run: str) -> Continuation:
 KILLED_RUN = r"""
 import os, signal, sys
 sys.path.insert(0, {repo_root!r})
-from tests.train.test_extend import BLOCKWISE_MICRO, EXTEND_STEPS, EXTEND_TOKENS, continuation
+from tests.train.test_extend import EXTEND_MODEL, EXTEND_STEPS, EXTEND_TOKENS, continuation
 from tests.train.pretrain_fixtures import micro_runtime, micro_train
 from xgen_core.train.loop import pretrain
 
@@ -81,13 +82,13 @@ def kill_at(record):
     if record["step"] == {kill_step}:
         os.kill(os.getpid(), signal.SIGKILL)
 
-pretrain({data!r}, {out!r}, BLOCKWISE_MICRO, micro_train(), micro_runtime(max_steps=EXTEND_STEPS), EXTEND_TOKENS,
+pretrain({data!r}, {out!r}, EXTEND_MODEL, micro_train(), micro_runtime(max_steps=EXTEND_STEPS), EXTEND_TOKENS,
          vocab_size=320, log=lambda m: None, on_step=kill_at, continuation=continuation({pre_run!r}))
 """
 
 
 def extend(extension, out, log=lambda m: None):
-    return pretrain(extension["ext_data"], str(out), BLOCKWISE_MICRO, micro_train(), micro_runtime(), EXTEND_TOKENS,
+    return pretrain(extension["ext_data"], str(out), EXTEND_MODEL, micro_train(), micro_runtime(), EXTEND_TOKENS,
                     vocab_size=320, log=log, continuation=continuation(extension["pre_run"]))
 
 
@@ -112,7 +113,7 @@ def test_extension_starts_from_the_previous_parameters_with_a_fresh_optimizer(ex
     from xgen_core.train import mesh as mesh_lib
     from xgen_core.train.step import state_shardings
 
-    model = build_model(BLOCKWISE_MICRO, 320, rope_theta=8e6, max_seq_len=EXTEND_LEN)
+    model = build_model(EXTEND_MODEL, 320, rope_theta=8e6, max_seq_len=EXTEND_LEN)
     tx = make_optimizer(lambda s: 1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
     mesh = mesh_lib.make_mesh(1, -1, 1)
     shardings = state_shardings(model, tx, mesh)
@@ -133,7 +134,7 @@ def test_killed_extension_resumes_with_identical_losses(extension, uninterrupted
     killed_out = tmp_path / "killed"
     script = KILLED_RUN.format(repo_root=repo_root, kill_step=kill_step, data=extension["ext_data"],
                                out=str(killed_out), pre_run=extension["pre_run"])
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert [r["step"] for r in read_metrics(killed_out / "metrics.jsonl")] == list(range(1, kill_step + 1))
     messages = []
@@ -170,3 +171,32 @@ def test_no_token_attends_across_a_document_boundary_at_extended_length():
     before, after = np.asarray(apply(jnp.asarray(fields["tokens"]))), np.asarray(apply(jnp.asarray(perturbed)))
     np.testing.assert_array_equal(before[0, ~inside], after[0, ~inside])
     assert np.abs(before[0, inside] - after[0, inside]).max() > 1e-3  # the probe does reach the changed document
+
+
+def test_paper_profile_shows_both_extension_stages_at_the_report_values(capsys):
+    import json
+
+    from xgen_core.cli import main
+
+    main(["config", "show", "--profile", "xgen-small-9b", "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["extend_32k"]["seq_len"], shown["extend_32k"]["rope_theta"]) == (32768, 8e6)
+    assert (shown["extend_128k"]["seq_len"], shown["extend_128k"]["rope_theta"]) == (131072, 1.28e8)
+    assert shown["extend_128k"]["max_seq_len"] == 262144  # training sequences up to 256k
+
+
+def test_tiny_profile_keeps_the_paper_length_steps_and_bases():
+    from xgen_core.config import load_config
+
+    cfg = load_config("tiny")
+    assert cfg.extend_32k.seq_len == 8 * cfg.pack.seq_len and cfg.extend_128k.seq_len == 4 * cfg.extend_32k.seq_len
+    assert (cfg.extend_32k.rope_theta, cfg.extend_128k.rope_theta) == (8e6, 1.28e8)
+
+
+def test_warmup_then_decay_schedule():
+    from xgen_core.train.schedule import warmup_decay_schedule
+
+    schedule = warmup_decay_schedule(1e-3, warmup_steps=4, total_steps=20, final_ratio=0.1)
+    rates = [float(schedule(step)) for step in range(21)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:])) and rates[20] == pytest.approx(1e-4)
