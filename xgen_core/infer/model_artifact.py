@@ -40,6 +40,21 @@ def _tokenizer_uri(manifest: dict) -> str:
     raise XgenError(f"the {manifest.get('stage')} artifact {manifest.get('uri')} names no tokenizer among its inputs")
 
 
+def _position_overrides(manifest: dict) -> dict:
+    """RoPE base and maximum length of a length-extension stage (`<stage>.rope_theta` / `.max_seq_len` in its
+    config), inherited by every stage trained from it (SFT after extend_128k); {} for the preset's own."""
+    sections = manifest.get("config", {})
+    own = sections.get(manifest.get("stage"), {})
+    if "rope_theta" in own and "max_seq_len" in own:
+        return {"rope_theta": own["rope_theta"], "max_seq_len": own["max_seq_len"]}
+    for upstream in manifest.get("inputs", {}).values():
+        if store_for(upstream).exists(join(upstream, artifacts.MANIFEST)):
+            parent = artifacts.read_manifest(upstream)
+            if "model" in parent.get("config", {}):  # a trained model's artifact, not data
+                return _position_overrides(parent)
+    return {}
+
+
 def _restore_params(checkpoint_uri: str, model, train_config: dict):
     from xgen_core.train.checkpoint import Checkpointer
     from xgen_core.train.optimizer import make_optimizer
@@ -76,7 +91,8 @@ def load_trained_model(uri: str) -> TrainedModel:
     if "model" not in sections or "train" not in sections:
         raise XgenError(f"{uri} is a {manifest.get('stage')} artifact, not a trained model's (no model/train config)")
     tokenizer, tokenizer_config = load_tokenizer(_tokenizer_uri(manifest))
-    model = build_model(ModelConfig(**sections["model"]), tokenizer_config["vocab_size"])
+    model = build_model(ModelConfig(**sections["model"]), tokenizer_config["vocab_size"],
+                        **_position_overrides(manifest))
     step, params = _restore_params(join(uri, "checkpoints"), model, sections["train"])
     return TrainedModel(uri, step, model, params, tokenizer, tokenizer_config)
 
