@@ -1,0 +1,63 @@
+"""CPU and wall seconds of each dedup step alone, at one size: each step's output is materialised before the next.
+
+For before/after comparisons of one step on a shared machine, where whole-command wall times move with the load:
+the CPU seconds of the process tree (driver, JVM, Python workers) per step are steadier. Not a whole command (the
+steps' outputs are checkpointed in between); bench/dedup.py gives those.
+
+    .venv/bin/python bench/dedup.py --docs 100000 --skip-baseline --skip-spark   # writes the input once
+    .venv/bin/python bench/dedup_phases.py .bench/dedup/neardup-100000-0.parquet
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pyspark.sql import functions as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dedup import dedup_params, process_tree_cpu_seconds, spark_session  # noqa: E402
+
+from xgen_core.data.dedup.candidates import candidate_edges, verified_edges  # noqa: E402
+from xgen_core.data.dedup.components import connected_components  # noqa: E402
+from xgen_core.data.dedup.documents import PER_DOCUMENT_SCHEMA, chunk_frame, scan_chunks, unified_schema  # noqa: E402
+from xgen_core.data.dedup.signatures import signatures_of  # noqa: E402
+from xgen_core.data.dedup.write import output_schemas, write_documents  # noqa: E402
+
+
+def main() -> None:
+    path, cores = sys.argv[1], 2
+    output = Path(".bench/dedup/phases-out")
+    spark = spark_session(cores, [], True)
+    params = dedup_params(pq.ParquetFile(path).metadata.num_rows, cores, 0.5, 128, 5, "fast")
+    last = [process_tree_cpu_seconds(), time.perf_counter()]
+
+    def step(name: str) -> None:
+        cpu, wall = process_tree_cpu_seconds(), time.perf_counter()
+        print(f"{name}: cpu {cpu - last[0]:.1f} s, wall {wall - last[1]:.1f} s", flush=True)
+        last[:] = [cpu, wall]
+
+    chunks, schema = unified_schema([path], params.rows_per_chunk)
+    scan = scan_chunks(params, frozenset(), True)
+    per_document = chunk_frame(spark, chunks).mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
+    step("read, check, hash")
+    signatures = signatures_of(per_document.filter(F.col("quarantine_reason").isNull()), spark, None, [])
+    candidates = candidate_edges(signatures, params, cores).localCheckpoint()
+    step(f"candidate pairs ({candidates.count()})")
+    checked = verified_edges(candidates, signatures.select("node", "signature"), params, cores).localCheckpoint()
+    step(f"distinct pairs checked ({checked.count()} pass)")
+    roots = connected_components(checked, print).localCheckpoint()
+    step(f"connected components ({roots.count()} nodes in clusters)")
+    shutil.rmtree(output, ignore_errors=True)
+    write_documents(spark, per_document, roots, chunks, output_schemas(schema), str(output), params)
+    step("cluster statistics and write")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
