@@ -111,7 +111,7 @@ def kill_then_resume(stage: str, init: str, out: Path, kill_step: int) -> list[s
 
     repo_root = str(Path(__file__).resolve().parents[2])
     script = KILLED_RUN.format(repo_root=repo_root, stage=stage, init=init, out=str(out), kill_step=kill_step)
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert killed.returncode == -9, killed.stderr[-3000:]
     messages = []
     run_stage_function(stage, init, str(out), log=messages.append)

@@ -95,6 +95,26 @@ def pair_batches(count: int, batch_size: int, seed: int, step: int) -> np.ndarra
     return np.asarray(indices)
 
 
+def pair_logprobs(logprob_step, params, chosen: dict, rejected: dict, indices: np.ndarray):
+    """Completion log-probabilities of the pairs `indices`, chosen and rejected in one batch of 2 x len(indices)
+    rows: the one program the reference, the held-out evaluation and the step-0 check all go through, so before the
+    first update the policy's log-probabilities equal the reference's exactly (margins 0)."""
+    rows = {k: np.concatenate([chosen[k][indices], rejected[k][indices]]) for k in chosen}
+    logprobs = np.asarray(jax.device_get(logprob_step(params, rows)), np.float32)
+    return logprobs[:len(indices)], logprobs[len(indices):]
+
+
+def batched_pair_logprobs(logprob_step, params, chosen: dict, rejected: dict, indices: np.ndarray, batch_size: int):
+    """pair_logprobs over `indices` in batches of `batch_size` pairs (the last batch wraps; extra rows are cut)."""
+    good, bad = [], []
+    for start in range(0, len(indices), batch_size):
+        batch = indices[np.arange(start, start + batch_size) % len(indices)]
+        c, r = pair_logprobs(logprob_step, params, chosen, rejected, batch)
+        good.append(c)
+        bad.append(r)
+    return np.concatenate(good)[:len(indices)], np.concatenate(bad)[:len(indices)]
+
+
 def reference_logprobs(trainer: Trainer, logprob_step, chosen: dict, rejected: dict, batch_size: int) -> dict:
     """The frozen init model's log-probabilities of every chosen and rejected sequence: computed on a fresh run,
     stored in the artifact, read back on resume."""
@@ -103,23 +123,14 @@ def reference_logprobs(trainer: Trainer, logprob_step, chosen: dict, rejected: d
     if trainer.start_step and store.exists(uri):
         with np.load(io.BytesIO(store.read_bytes(uri))) as stored:
             return {"chosen": stored["chosen"], "rejected": stored["rejected"]}
-    params = trainer.policy.init_params
-    params = jax.device_put(params, trainer.shardings.params)
-    result = {name: _batched_logprobs(logprob_step, params, rows, batch_size)
-              for name, rows in (("chosen", chosen), ("rejected", rejected))}
+    params = jax.device_put(trainer.policy.init_params, trainer.shardings.params)
+    everything = np.arange(len(chosen["tokens"]))
+    good, bad = batched_pair_logprobs(logprob_step, params, chosen, rejected, everything, batch_size)
+    result = {"chosen": good, "rejected": bad}
     buffer = io.BytesIO()
     np.savez(buffer, **result)
     store.write_bytes(uri, buffer.getvalue())
     return result
-
-
-def _batched_logprobs(logprob_step, params, rows: dict, batch_size: int) -> np.ndarray:
-    count = len(rows["tokens"])
-    out = []
-    for start in range(0, count, batch_size):
-        index = np.arange(start, start + batch_size) % count  # the last batch wraps; the extra rows are cut
-        out.append(np.asarray(jax.device_get(logprob_step(params, _select(rows, index)))))
-    return np.concatenate(out)[:count].astype(np.float32)
 
 
 def dpo(init_uri: str, out_uri: str, settings: DpoConfig, train: TrainConfig, mesh: MeshConfig,
@@ -145,7 +156,7 @@ def dpo(init_uri: str, out_uri: str, settings: DpoConfig, train: TrainConfig, me
     trainer = Trainer(policy, tx, schedule, mesh, run, out_uri, settings.seed, log)
     model, beta = policy.model, settings.beta
 
-    example_rows = _select(chosen, np.arange(batch) % len(categories))
+    example_rows = _select(chosen, np.arange(2 * batch) % len(categories))
     logprob_step = trainer.compile_eval(lambda params, rows: policy_logprobs(model, params, rows), example_rows)
     reference = reference_logprobs(trainer, logprob_step, chosen, rejected, batch)
 
@@ -159,15 +170,8 @@ def dpo(init_uri: str, out_uri: str, settings: DpoConfig, train: TrainConfig, me
         half = logprobs.shape[0] // 2
         return dpo_loss(logprobs[:half], logprobs[half:], batch_rows["ref_chosen"], batch_rows["ref_rejected"], beta)
 
-    def margins_fn(params, batch_rows):
-        sequences = {k: batch_rows[k] for k in chosen}
-        logprobs = policy_logprobs(model, params, sequences)
-        half = logprobs.shape[0] // 2
-        return beta * ((logprobs[:half] - batch_rows["ref_chosen"]) - (logprobs[half:] - batch_rows["ref_rejected"]))
-
     example = pair_batch(train_index[:1].repeat(batch))
     train_step = trainer.compile_step(loss_fn, example)
-    margin_step = trainer.compile_eval(margins_fn, example)
 
     def do_step(state, step):
         indices = train_index[pair_batches(len(train_index), batch, settings.seed, step)]
@@ -177,11 +181,8 @@ def dpo(init_uri: str, out_uri: str, settings: DpoConfig, train: TrainConfig, me
     heldout_categories = np.array(categories)[heldout_index]
 
     def evaluate(params):
-        margins = []
-        for start in range(0, len(heldout_index), batch):
-            indices = heldout_index[np.arange(start, start + batch) % len(heldout_index)]
-            margins.append(np.asarray(jax.device_get(margin_step(params, pair_batch(indices)))))
-        margins = np.concatenate(margins)[:len(heldout_index)]
+        good, bad = batched_pair_logprobs(logprob_step, params, chosen, rejected, heldout_index, batch)
+        margins = beta * ((good - reference["chosen"][heldout_index]) - (bad - reference["rejected"][heldout_index]))
         record = {"pref_acc": float(np.mean(margins > 0)), "heldout_reward_margin": float(np.mean(margins)),
                   "heldout_loss": float(np.mean(np.logaddexp(0.0, -margins)))}
         for category in sorted(set(heldout_categories)):

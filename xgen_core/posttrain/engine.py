@@ -137,7 +137,8 @@ class Trainer:
         """Steps start_step..last_step: `do_step(state, step) -> (state, record)`, `evaluate(params) -> dict`
         every eval_every steps, at the last step and, on a fresh run, once before the first step (step 0)."""
         run = self.run
-        self.writer = MetricsWriter(self.out, resume_after_step=self.start_step)
+        # A fresh run (or one killed before its first checkpoint) rewrites the file from its step-0 evaluation.
+        self.writer = MetricsWriter(self.out, resume_after_step=self.start_step if self.start_step else -1)
         if self.start_step == 0:
             self.writer.write({"step": 0, **evaluate(self.state.params)})
         for step in range(self.start_step, last_step):

@@ -8,7 +8,6 @@ scored per category (general / safety / reasoning) before the first step and eve
 from __future__ import annotations
 
 import math
-import random
 
 import jax
 import jax.numpy as jnp
