@@ -77,7 +77,7 @@ def test_the_stage_on_a_tiny_model_writes_results_samples_and_its_report_section
     cfg = small_config("humaneval.task_ids=[HumanEval/53, HumanEval/0]",  # HumanEval/0 does not fit 128 tokens
                        "humaneval.settings=[{samples: 1, temperature: 0}, {samples: 3, temperature: 0.8}]",
                        "humaneval.ks=[1, 2]", "humaneval.max_new_tokens=16", "humaneval.batch_size=2")
-    outcome = run_stage(cfg, "humaneval", "test-run", explicit_inputs=[f"pretrain={model_uri}"])
+    outcome = run_stage(cfg, "humaneval", "test-run", explicit_inputs=[f"grpo={model_uri}"])
 
     rows = read_results(outcome.uri)
     assert [(r["metric"], r["temperature"], r["samples"]) for r in rows] == [

@@ -194,7 +194,7 @@ def test_greedy_generation_in_transformers_equals_xgen_generate(exported, traine
 
 def test_export_stage_writes_the_checkpoint_in_its_artifact(exported, trained):
     manifest = artifacts.read_manifest(str(exported))
-    assert manifest["stage"] == "export_hf" and manifest["inputs"] == {"pretrain": str(trained / "pretrain")}
+    assert manifest["stage"] == "export_hf" and manifest["inputs"] == {"grpo": str(trained / "pretrain")}
     assert manifest["counts"]["step"] == 24 and artifacts.is_committed(str(exported))
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(
         manifest["metrics"]["files"])

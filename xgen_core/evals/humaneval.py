@@ -153,7 +153,7 @@ def run(ctx) -> dict:
     cfg = ctx.cfg.humaneval
     _require_isolation()
     problems = load_problems(cfg.task_ids, cfg.problems)
-    model_uri = ctx.inputs["pretrain"]
+    model_uri = ctx.model_input()
     trained = load_trained_model(model_uri)
     ctx.log(f"{len(problems)} problems, settings {[s.model_dump() for s in cfg.settings]}, model {model_uri} "
             f"(step {trained.step})")

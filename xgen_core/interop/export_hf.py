@@ -73,7 +73,7 @@ def run(ctx) -> dict:
     from xgen_core.infer.model_artifact import load_trained_model
     from xgen_core.localize import writable_directory
 
-    trained = load_trained_model(ctx.inputs["pretrain"])
+    trained = load_trained_model(ctx.model_input())
     with writable_directory(ctx.output) as directory:
         exported = export_model(trained.model.spec, trained.params, trained.tokenizer, trained.tokenizer_config,
                                 Path(directory))

@@ -152,7 +152,7 @@ def _data_counts(train_examples, heldout_examples, packed, quarantine: Quarantin
 
 
 def run(ctx) -> dict:
-    """The `sft` stage: fine-tunes its `init` upstream (pretrain, or --init URI) in its artifact directory."""
+    """The `sft` stage: fine-tunes its `init` upstream (extend_128k, or --init URI) in its artifact directory."""
     cfg = ctx.cfg
-    return sft(ctx.inputs["pretrain"], ctx.output, cfg.sft, cfg.train, cfg.train_run.mesh, cfg.posttrain_run,
+    return sft(ctx.model_input(), ctx.output, cfg.sft, cfg.train, cfg.train_run.mesh, cfg.posttrain_run,
                expected_model=cfg.section_dump("model"), log=ctx.log)
