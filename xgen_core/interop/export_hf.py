@@ -12,6 +12,7 @@ seconds on a busy 2-core host for a few JSON files). tests/interop/ loads every 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,12 @@ def export_model(spec, params, tokenizer, special: dict, directory: Path, shard_
 
 def write_safetensors(tensors: dict[str, np.ndarray], directory: Path, shard_bytes: int) -> list[str]:
     """One model.safetensors, or numbered shards of at most `shard_bytes` (a larger tensor alone) and the index."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file as save_private_file
+
+    def save_file(shard: dict, path: str, metadata: dict) -> None:
+        save_private_file(shard, path, metadata=metadata)
+        # safetensors creates its files readable by their owner only; give them the folder's read permissions
+        os.chmod(path, directory.stat().st_mode & 0o666)
 
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
