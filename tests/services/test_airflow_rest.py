@@ -48,9 +48,10 @@ def wait_for(condition, what: str, timeout_s: float):
 def start_postgres(folder: Path) -> tuple[str, list[subprocess.Popen]] | tuple[None, str]:
     """(SQLAlchemy URL, processes) of a fresh PostgreSQL cluster on loopback, or (None, why not)."""
     try:
+        import asyncpg  # noqa: F401  (Airflow 3 opens an async engine on the same database)
         import psycopg2  # noqa: F401
-    except ImportError:
-        return None, "psycopg2 is not installed"
+    except ImportError as missing:
+        return None, f"the PostgreSQL driver {missing.name} is not installed"
     if not (PG_BIN / "initdb").exists():
         return None, f"no PostgreSQL server at {PG_BIN}"
     data = folder / "pgdata"
@@ -82,6 +83,18 @@ class Airflow:
         self.base, self.token = base, token
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One REST call; a 503 (the API server overloaded on a busy 2-core machine) is asked again, a few times."""
+        for attempt in range(5):
+            try:
+                return self.call_once(method, path, body)
+            except urllib.error.HTTPError as error:
+                if error.code != 503 or attempt == 4:
+                    raise
+                print(f"{method} {path}: 503 {error.read()[:300]!r}; asking again")
+                threading.Event().wait(10)
+        raise AssertionError("unreachable")
+
+    def call_once(self, method: str, path: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(f"{self.base}{path}", method=method,
                                          data=json.dumps(body).encode() if body is not None else None,
                                          headers={"Authorization": f"Bearer {self.token}",
