@@ -25,7 +25,7 @@ help:
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_PIN)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it
+	$(UV) sync --frozen --extra tpu --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it; tpu: libtpu for `xgen train compile`
 	$(PY) -m xgen_core.data.spark_cds  # class archive for fast local Spark drivers (once per environment)
 	@touch $@
 
