@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,13 +62,13 @@ def per_device_shard(kernel):
     groups, so each device's query heads find their shared key/value heads locally. Outside a mesh the kernel
     runs as it is.
     """
-    import flax.linen as nn
 
     def call(q, k, v, segment_ids):
         mesh = jax.sharding.get_abstract_mesh()
         if mesh.empty or mesh.size == 1:
             return kernel(q, k, v, segment_ids)
-        heads = nn.logical_to_mesh_axes(("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        heads = nn.logical_to_mesh_axes(
+            ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
         rows = nn.logical_to_mesh_axes(("activation_batch", "activation_length"))
         return jax.shard_map(
             kernel, in_specs=(heads, heads, heads, rows), out_specs=heads, check_vma=False,
