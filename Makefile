@@ -28,7 +28,7 @@ help:
 # --compile-bytecode: every Spark Python worker imports pyarrow, pandas and numpy; without .pyc files (sessions that
 # set PYTHONDONTWRITEBYTECODE) each worker compiles them again, ~3 CPU-seconds a worker.
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --compile-bytecode --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it
+	$(UV) sync --frozen --compile-bytecode --extra tpu --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it; tpu: libtpu for `xgen train compile`
 	$(PY) -m xgen_core.data.spark_cds  # class archive for fast local Spark drivers (once per environment)
 	@touch $@
 

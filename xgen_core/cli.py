@@ -415,5 +415,39 @@ EXTRA_COMMANDS[("eval", "lm-eval")] = (
 )
 
 
+def _train_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--stage", required=True, help="training stage whose step to compile, e.g. pretrain")
+    parser.add_argument("--topology", required=True,
+                        help="TPU slice: v5p:8x8x16 (1,024 chips), v6e:16x16, v5e:16x16, v5p:2x2x1 ...")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="skip the FLOPs count (it compiles one or two more copies of the step)")
+    parser.add_argument("--json", action="store_true",
+                        help='{"stage", "profile", "topology", "devices", "fits", "bytes", "hbm_bytes", '
+                             '"flops_per_step", "model_flops_per_step", "tokens_per_step", ...}')
+
+
+def _train_compile_command(args) -> None:
+    from xgen_core.config import load_config
+    from xgen_core.train.compile import compile_stage, format_report
+
+    cfg = load_config(args.profile, args.overrides)
+    report = compile_stage(cfg, args.profile, args.stage, args.topology, count_flops=not args.memory_only)
+    print(json.dumps(report) if args.json else format_report(report))
+    if not report["fits"]:
+        print(f"error: {args.stage} does not fit on {args.topology}: largest buffers "
+              f"{'; '.join(report['largest_buffers'][:3])}; shrink with: {'; '.join(report['shrink_with'])}",
+              file=sys.stderr)
+        sys.exit(3)
+
+
+EXTRA_COMMANDS[("train", "compile")] = (
+    "compile a training stage's step ahead of time for a TPU slice (libtpu, no TPU needed): memory per chip "
+    "against HBM, FLOPs per step, implied step time; exits 3 when it does not fit",
+    _train_compile_arguments,
+    _train_compile_command,
+)
+
+
 if __name__ == "__main__":
     main()

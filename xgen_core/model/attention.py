@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +41,11 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
 def attention(q, k, v, segment_ids, *, impl: str = "auto"):
     """Per-document causal attention with the implementation `impl` (auto, xla, cudnn, splash, flash, blockwise).
 
-    blockwise (xgen_core/model/blockwise.py) is the portable kernel whose memory is linear in length."""
-    impl = resolve_impl(impl)
+    blockwise (xgen_core/model/blockwise.py) is the portable kernel whose memory is linear in length. A named kernel
+    was checked against its target platform where the model was built (build_model), which for an ahead-of-time TPU
+    compile is not this process's backend; only "auto" is resolved here."""
+    if impl == "auto" or impl not in IMPLEMENTATIONS:
+        impl = resolve_impl(impl)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, segment_ids)
     if impl == "xla":
@@ -49,8 +53,32 @@ def attention(q, k, v, segment_ids, *, impl: str = "auto"):
     if impl == "cudnn":
         return jax_nn_attention(q, k, v, segment_ids, implementation="cudnn")
     if impl == "splash":
-        return splash_attention(q, k, v, segment_ids)
-    return flash_attention(q, k, v, segment_ids)
+        return per_device_shard(splash_attention)(q, k, v, segment_ids)
+    return per_device_shard(flash_attention)(q, k, v, segment_ids)
+
+
+def per_device_shard(kernel):
+    """Run a Pallas kernel on each device's own rows and heads under shard_map.
+
+    XLA cannot partition a Pallas call: on a sharded mesh it would gather the whole batch onto every device.
+    Rows split over the batch axes and heads over the tensor axis as the activations are (the logical rules in
+    force, xgen_core/train/mesh.py); query and key/value heads split into the same number of contiguous
+    groups, so each device's query heads find their shared key/value heads locally. Outside a mesh the kernel
+    runs as it is.
+    """
+
+    def call(q, k, v, segment_ids):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or mesh.size == 1:
+            return kernel(q, k, v, segment_ids)
+        heads = nn.logical_to_mesh_axes(
+            ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        rows = nn.logical_to_mesh_axes(("activation_batch", "activation_length"))
+        return jax.shard_map(
+            kernel, in_specs=(heads, heads, heads, rows), out_specs=heads, check_vma=False,
+        )(q, k, v, segment_ids)
+
+    return call
 
 
 def document_causal_mask(q_segment_ids, kv_segment_ids, q_offset: int = 0):

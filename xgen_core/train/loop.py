@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgen_core.config import ModelConfig, TrainConfig, TrainRunConfig
+from xgen_core.config import MeshConfig, ModelConfig, TrainConfig, TrainRunConfig
 from xgen_core.errors import XgenError
 from xgen_core.localize import CACHE_DIR, upload_directory
+from xgen_core.model.attention import resolve_impl
 from xgen_core.model.decoder import Decoder
 from xgen_core.model.info import training_flops_per_token
 from xgen_core.storage import is_gcs, join, normalize_uri, store_for
@@ -56,19 +57,59 @@ class Continuation:
     eval_rows: int  # held-out rows of the stage's own packed data
 
 
-def build_model(model_config: ModelConfig, tokenizer_vocab_size: int, **spec_overrides) -> Decoder:
-    spec = dataclasses.replace(model_config.spec(), **spec_overrides)
+def build_model(model_config: ModelConfig, tokenizer_vocab_size: int, platform: str | None = None,
+                n_layers: int | None = None, **spec_overrides) -> Decoder:
+    """The configured decoder for `platform` (default: this process's JAX backend; "tpu" for an ahead-of-time
+    TPU compile on a CPU host), which picks the attention kernel. `n_layers` replaces the preset's depth (the
+    compile check counts FLOPs on 1- and 2-layer copies of the step); `spec_overrides` replace other preset fields
+    (a length extension's RoPE base and maximum length)."""
+    overrides = {**spec_overrides, **({"n_layers": n_layers} if n_layers else {})}
+    spec = dataclasses.replace(model_config.spec(), **overrides)
     if tokenizer_vocab_size > spec.vocab_size:
         raise XgenError(f"the tokenizer has {tokenizer_vocab_size} tokens, more than the {spec.vocab_size} "
                         f"embedding rows of model preset {spec.name}")
     return Decoder(
         spec,
-        attention_impl=model_config.attention_impl,
+        attention_impl=resolve_impl(model_config.attention_impl, platform),
         compute_dtype=jnp.dtype(model_config.compute_dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
         remat=model_config.remat,
         scan_layers=model_config.scan_layers,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainStep:
+    """What the trainer and the ahead-of-time compile check (xgen_core/train/compile.py) share."""
+
+    model: Decoder
+    tx: object
+    schedule: object
+    mesh: jax.sharding.Mesh
+    shardings: object  # TrainState of NamedShardings
+    train_step: object  # jitted (state, batch) -> (state, metrics), state donated
+
+
+def build_pretrain_step(model_config: ModelConfig, train: TrainConfig, mesh_config: MeshConfig, plans,
+                        vocab_size: int, devices=None, n_layers: int | None = None,
+                        continuation: Continuation | None = None) -> PretrainStep:
+    """Model, optimizer, mesh over `devices` (default: all local JAX devices), shardings and the train step: the
+    curriculum schedule, or a continuation's own RoPE base and warm-up + decay schedule."""
+    devices = jax.devices() if devices is None else list(devices)
+    platform = devices[0].platform
+    if continuation is None:
+        model = build_model(model_config, vocab_size, platform=platform, n_layers=n_layers)
+        schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
+    else:
+        model = build_model(model_config, vocab_size, platform=platform, n_layers=n_layers,
+                            rope_theta=continuation.rope_theta, max_seq_len=continuation.max_seq_len)
+        schedule = warmup_decay_schedule(train.peak_lr, continuation.warmup_steps, plans[-1].end_step,
+                                         train.final_lr_ratio)
+    tx = make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
+                        weight_decay=train.weight_decay, grad_clip=train.grad_clip)
+    mesh = mesh_lib.make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
+    shardings = state_shardings(model, tx, mesh)
+    return PretrainStep(model, tx, schedule, mesh, shardings, make_train_step(model, tx, schedule, mesh, shardings))
 
 
 def read_packed_stages(pack_uri: str) -> dict:
@@ -160,19 +201,9 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     if train.batch_size % (train.grad_accum_steps * jax.process_count()):
         raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
 
-    if continuation is None:
-        model = build_model(model_config, vocab_size)
-        schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
-    else:
-        model = build_model(model_config, vocab_size, rope_theta=continuation.rope_theta,
-                            max_seq_len=continuation.max_seq_len)
-        schedule = warmup_decay_schedule(train.peak_lr, continuation.warmup_steps, plans[-1].end_step,
-                                         train.final_lr_ratio)
-    tx = make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
-                        weight_decay=train.weight_decay, grad_clip=train.grad_clip)
-    mesh = mesh_lib.make_mesh(runtime.mesh.data, runtime.mesh.fsdp, runtime.mesh.tensor)
-    shardings = state_shardings(model, tx, mesh)
-    train_step = make_train_step(model, tx, schedule, mesh, shardings)
+    setup = build_pretrain_step(model_config, train, runtime.mesh, plans, vocab_size, continuation=continuation)
+    model, tx, schedule, mesh, shardings, train_step = (
+        setup.model, setup.tx, setup.schedule, setup.mesh, setup.shardings, setup.train_step)
     loader = CurriculumLoader(
         [StageData(p.name, shard_set(pack_uri, packed, _stage_entry(packed, p.name), "train"), p.start_step)
          for p in plans],
@@ -374,3 +405,61 @@ def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader,
     loader.set_state(data_state)
     alarm.set_state(meta["alarm"])
     return state, latest
+
+
+def pretrain_compile_target(cfg, devices, n_layers: int | None = None):
+    """The pretrain step as the trainer builds it, over abstract inputs, for `xgen train compile`."""
+    from xgen_core.train.compile import CompileTarget
+    from xgen_core.train.schedule import schedule_for
+    from xgen_core.train.step import abstract_train_inputs
+
+    train, seq_len = cfg.train, cfg.pack.seq_len
+    plans, _ = schedule_for(cfg.curriculum(), seq_len, train)
+    setup = build_pretrain_step(cfg.model, train, cfg.train_run.mesh, plans, cfg.tokenizer.vocab_size,
+                                devices=devices, n_layers=n_layers)
+    mesh_axes = dict(setup.mesh.shape)
+    batch_devices = mesh_axes["data"] * mesh_axes["fsdp"]
+    micro_rows, remainder = divmod(train.batch_size, train.grad_accum_steps)
+    if remainder or micro_rows % batch_devices:
+        raise XgenError(f"train.batch_size {train.batch_size} / grad_accum_steps {train.grad_accum_steps} must give "
+                        f"micro-batches that split evenly over data x fsdp = {batch_devices} devices")
+    state, batch = abstract_train_inputs(setup.model, setup.tx, setup.mesh, setup.shardings,
+                                         train.grad_accum_steps, micro_rows, seq_len + 1)
+    spec = setup.model.spec
+    tokens = train.batch_size * seq_len
+    hints = (
+        f"train.grad_accum_steps (now {train.grad_accum_steps}, {micro_rows // batch_devices} row(s) of {seq_len} "
+        f"tokens per device per micro-batch): more micro-batches hold fewer activations at once; "
+        f"train.batch_size (now {train.batch_size}) changes the trained model",
+        f"model.remat (now {str(cfg.model.remat).lower()}): true keeps one activation per layer and recomputes "
+        f"the rest in the backward pass",
+        f"train_run.mesh.fsdp / train_run.mesh.tensor (now data {mesh_axes['data']}, fsdp {mesh_axes['fsdp']}, "
+        f"tensor {mesh_axes['tensor']}): parameters and optimizer state split over fsdp x tensor devices; "
+        f"data replicates them",
+        "a slice with more chips (--topology)",
+    )
+    return CompileTarget(
+        step=setup.train_step, args=(state, batch), arg_names=("state", "batch"), tokens_per_step=tokens,
+        model_flops_per_step=training_flops_per_token(spec, seq_len) * tokens, n_layers=spec.n_layers,
+        scan_layers=cfg.model.scan_layers, loop_trips=train.grad_accum_steps, mesh_axes=mesh_axes,
+        attention_impl=setup.model.attention_impl, shrink_hints=hints,
+        activations=_pretrain_activations(spec, cfg.model, micro_rows // batch_devices, seq_len,
+                                          mesh_axes["tensor"]),
+    )
+
+
+def _pretrain_activations(spec, model_config: ModelConfig, rows: int, seq_len: int, tensor: int):
+    """The largest activations one device holds during a micro-batch, from their shapes."""
+    compute_bytes = jnp.dtype(model_config.compute_dtype).itemsize
+    tokens = rows * seq_len
+    sizes = [
+        (f"logits ({rows}, {seq_len}, {spec.vocab_size}) float32 and their gradient", 2 * tokens * spec.vocab_size * 4
+         // tensor),
+        (f"layer inputs kept for the backward pass: {spec.n_layers} x ({rows}, {seq_len}, {spec.d_model})",
+         spec.n_layers * tokens * spec.d_model * compute_bytes),
+    ]
+    if not model_config.remat:
+        sizes.append((f"MLP activations kept for the backward pass (model.remat false): {spec.n_layers} x 3 x "
+                      f"({rows}, {seq_len}, {spec.mlp_dim})",
+                      spec.n_layers * 3 * tokens * spec.mlp_dim * compute_bytes // tensor))
+    return tuple(sizes)

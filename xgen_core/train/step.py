@@ -36,7 +36,7 @@ def token_losses(model: nn.Module, params, rows: dict):
 def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, example_rows: int = 1):
     """NamedShardings for every leaf of the TrainState, from the logical names on the parameters."""
     tokens = jnp.zeros((example_rows, 8), jnp.int32)
-    boxed = jax.eval_shape(model.init, jax.random.key(0), tokens, tokens, tokens)["params"]
+    boxed = jax.eval_shape(_initializing(model).init, jax.random.key(0), tokens, tokens, tokens)["params"]
     param_shardings = mesh_lib.logical_shardings(boxed, mesh)
     params_treedef = jax.tree.structure(nn.unbox(boxed))
     abstract_opt_state = jax.eval_shape(tx.init, nn.unbox(boxed))
@@ -53,12 +53,18 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, ex
     return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
 
 
+def _initializing(model: nn.Module) -> nn.Module:
+    """The model to initialise parameters with: they do not depend on the attention kernel, and the 8-token
+    example row is too short for the Pallas kernels (multiples of 128) and need not run on a TPU."""
+    return model.clone(attention_impl="xla") if hasattr(model, "attention_impl") else model
+
+
 def _init_fn(model: nn.Module, tx):
     def init(seed_array):
         rng = jax.random.PRNGKey(seed_array)
         init_rng, state_rng = jax.random.split(rng)
         tokens = jnp.zeros((1, 8), jnp.int32)
-        params = nn.unbox(model.init(init_rng, tokens, tokens, tokens))["params"]
+        params = nn.unbox(_initializing(model).init(init_rng, tokens, tokens, tokens))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
 
     return init
@@ -149,3 +155,20 @@ def device_batch(rows: dict, mesh, batch_axis: int):
         name: jax.make_array_from_process_local_data(sharding, value)
         for name, value in rows.items()
     }
+
+
+ROW_FIELDS = ("tokens", "segment_ids", "positions")  # xgen_core/tokens/packing.py: row_fields
+
+
+def abstract_train_inputs(model: nn.Module, tx, mesh, shardings: TrainState, accum_steps: int, micro_rows: int,
+                          row_len: int) -> tuple[TrainState, dict]:
+    """(state, batch) of the train step as ShapeDtypeStructs carrying the trainer's NamedShardings: what an
+    ahead-of-time compile lowers over, allocating nothing. The batch is laid out as the trainer feeds it
+    (accumulation steps, micro-batch rows, seq_len + 1), split over the batch axes as `device_batch` splits it."""
+    state = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract_state(model, tx), shardings,
+    )
+    rows = jax.ShapeDtypeStruct((accum_steps, micro_rows, row_len), jnp.int32,
+                                sharding=mesh_lib.batch_sharding(mesh, ndim=3, batch_axis=1))
+    return state, {field: rows for field in ROW_FIELDS}

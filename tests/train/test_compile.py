@@ -1,0 +1,103 @@
+"""`xgen train compile`: the tiny pretrain step compiled ahead of time for a 4-chip v5p slice by libtpu."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xgen_core.errors import XgenError
+from xgen_core.train import compile as aot
+
+TOPOLOGY = "v5p:2x2x1"
+
+
+def _compile(*overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "xgen_core.cli", "train", "compile", "--profile", "tiny", "--stage", "pretrain",
+               "--topology", TOPOLOGY, "--json", *overrides]
+    env = {key: value for key, value in os.environ.items() if key not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _report(done: subprocess.CompletedProcess) -> dict:
+    if done.returncode == 2 and "cannot describe TPU topology" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.stdout.strip(), done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fitting():
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile()
+    return done, _report(done)
+
+
+@pytest.fixture(scope="module")
+def absurd_batch(fitting):
+    done = _compile("train.batch_size=131072", "train.grad_accum_steps=1")
+    return done, _report(done)
+
+
+def test_tiny_pretrain_step_compiles_for_v5p_and_fits(fitting):
+    done, report = fitting
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {"stage", "profile", "topology", "devices", "fits", "bytes", "hbm_bytes", "flops_per_step",
+            "model_flops_per_step", "tokens_per_step"} <= set(report)
+    assert (report["stage"], report["profile"], report["topology"], report["devices"]) == (
+        "pretrain", "tiny", TOPOLOGY, 4)
+    assert report["fits"] is True
+    assert {"arguments", "outputs", "temporaries", "total"} <= set(report["bytes"])
+    assert 0 < report["bytes"]["arguments"] <= report["bytes"]["total"] < report["hbm_bytes"] == 95 * 1024**3
+    assert report["tokens_per_step"] == 16 * 256
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}  # fsdp -1 sized to the slice
+
+
+def test_pallas_splash_kernel_is_what_was_compiled(fitting):
+    # model.attention_impl auto picks splash for a TPU target: lowered by Mosaic under shard_map, not interpreted
+    assert fitting[1]["attention_impl"] == "splash"
+
+
+def test_donated_state_is_aliased_not_counted_twice(fitting):
+    memory = fitting[1]["bytes"]
+    assert memory["aliased"] > 0.9 * memory["outputs"]
+
+
+def test_compiled_flops_agree_with_the_model_count(fitting):
+    report = fitting[1]
+    # The remainder is XLA attention's diagonal query blocks: at 256 tokens in blocks of 128 it computes 3/4
+    # of the score matrix where the model counts the causal half.
+    assert report["flops_per_step"] == pytest.approx(report["model_flops_per_step"], rel=0.06)
+
+
+def test_absurd_batch_does_not_fit_and_says_what_to_shrink(absurd_batch):
+    done, report = absurd_batch
+    assert done.returncode == 3
+    assert report["fits"] is False
+    assert report["bytes"]["total"] > report["hbm_bytes"]
+    assert any("logits" in line for line in report["largest_buffers"])
+    assert any(line.startswith("train.grad_accum_steps") for line in report["shrink_with"])
+    assert "does not fit on v5p:2x2x1" in done.stderr and "logits" in done.stderr
+
+
+def test_unknown_topology_and_stage_are_clear_errors():
+    with pytest.raises(XgenError, match="expected <generation>:<shape>"):
+        aot.chip_for("v9z:4x4")
+    with pytest.raises(XgenError, match="unknown stage"):
+        aot.step_builder("pretrian")
+    with pytest.raises(XgenError, match="no compile check yet"):
+        aot.step_builder("dedup")
+
+
+def test_implied_step_time_at_peak_and_half_peak():
+    target = aot.CompileTarget(step=None, args=(), arg_names=(), tokens_per_step=4096 * 1024,
+                               model_flops_per_step=1.0e17, n_layers=1, scan_layers=False, loop_trips=1,
+                               mesh_axes={}, attention_impl="xla")
+    implied = aot.implied_throughput(target, aot.CHIPS["v5p"], 1024)
+    assert implied["step_seconds"]["mfu_100"] == pytest.approx(1.0e17 / (1024 * 459e12))
+    assert implied["step_seconds"]["mfu_50"] == pytest.approx(2 * implied["step_seconds"]["mfu_100"])
+    assert implied["tokens_per_s_per_chip"]["mfu_50"] == pytest.approx(
+        4096 * 1024 / implied["step_seconds"]["mfu_50"] / 1024)
