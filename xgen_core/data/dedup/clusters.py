@@ -79,6 +79,7 @@ def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupConfig) -> 
     stats = cluster_stats()
     whole_cluster = Window.partitionBy("root")
     annotated = flagged.withColumns({name: aggregate.over(whole_cluster) for name, aggregate in stats.items()})
+    annotated = annotated.withColumn("cluster_id", cluster_key(F.col("cluster_id")))
     return annotated.select(*ANNOTATION_SCHEMA.names)
 
 
@@ -90,7 +91,7 @@ def first_in_cluster(column: str) -> Column:
 def cluster_stats() -> dict[str, Column]:
     """The per-cluster aggregations, evaluated over the whole cluster's rows (flags from cluster_metadata)."""
     return {
-        "cluster_id": cluster_key(F.min("node")),
+        "cluster_id": F.min("node"),  # made a key below: a window takes only the aggregate itself
         "cluster_size": F.count("*"),
         "n_variants": F.sum((F.col("exact_rank") == 1).cast("long")),
         "n_snapshots": F.sum(F.col("first_of_snapshot").cast("long")),
