@@ -45,7 +45,6 @@ FAMILIES = (
            "Evaluations of the newest model."),
 )
 FAMILY_INDEX = {family.dag_id: index for index, family in enumerate(FAMILIES)}
-POSTTRAIN_NAMES = ("sft", "dpo", "grpo", "rlhf", "ppo")
 
 
 def own_family(stage: Stage) -> str:
@@ -56,7 +55,7 @@ def own_family(stage: Stage) -> str:
         return "xgen_eval"
     if stage.name.startswith(("extend", "length")) or stage.group in ("extend", "length_extension"):
         return "xgen_length_extension"
-    if stage.name.startswith(POSTTRAIN_NAMES) or stage.group in ("posttrain", "post_train"):
+    if stage.init_upstream or stage.group in ("posttrain", "post_train"):  # fine-tunes another stage's model
         return "xgen_posttrain"
     return "xgen_pretrain"
 

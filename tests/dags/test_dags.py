@@ -90,23 +90,15 @@ def test_params_are_checked_by_json_schema(airflow_db):
             check(bad)
 
 
-def test_new_stage_rows_land_in_their_family_and_after_their_upstreams():
-    from dataclasses import replace
-
+def test_stage_rows_land_in_their_family_and_after_their_upstreams():
     from operators.dag_factory import families
 
-    base = {stage.name: stage for stage in pipeline_order()}
-    row = lambda name, group, upstream: replace(base["pretrain"], name=name, group=group, upstream=upstream)  # noqa
-    table = [*pipeline_order(), row("extend_32k", "train", ("pretrain",)), row("sft", "train", ("extend_32k",)),
-             row("grpo", "train", ("sft",)), row("export_hf", "model", ("grpo",)),
-             row("humaneval", "eval", ("export_hf",))]
-    placed = {dag_id: [s.name for s in stages] for dag_id, stages in families(table).items()}
+    placed = {dag_id: [s.name for s in stages] for dag_id, stages in families().items()}
     assert placed["xgen_data_refresh"] == ["ingest", "dedup", "quality_train", "signals", "mixture"]
     assert placed["xgen_pretrain"] == ["tokenizer", "pack", "pretrain"]
-    assert placed["xgen_length_extension"] == ["extend_32k"]
-    assert placed["xgen_posttrain"] == ["sft", "grpo", "export_hf"]  # export_hf follows its upstream grpo
-    assert placed["xgen_eval"] == ["humaneval"]
-    assert set(families(pipeline_order())) == {"xgen_data_refresh", "xgen_pretrain"}  # no empty family DAGs
+    assert placed["xgen_length_extension"] == ["extend_32k", "extend_128k"]
+    assert placed["xgen_posttrain"] == ["sft", "dpo", "grpo", "export_hf"]  # export_hf follows its upstream grpo
+    assert placed["xgen_eval"] == ["ruler", "math_eval", "humaneval"]
 
 
 def test_the_refresh_names_its_snapshot_and_appends_to_the_newest_other_snapshot():
