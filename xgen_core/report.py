@@ -75,6 +75,15 @@ def _register_sections() -> None:
     SECTIONS["export_hf"] = _lazy_section("xgen_core.interop.export_hf")
     SECTIONS["ruler"] = _lazy_section("xgen_core.evals.ruler")
     SECTIONS["math_eval"] = _lazy_section("xgen_core.evals.math_eval")
+    SECTIONS["humaneval"] = _lazy_section("xgen_core.evals.humaneval")
+    for stage in ("sft", "dpo", "grpo"):
+        SECTIONS[stage] = _lazy_posttrain_section
+
+
+def _lazy_posttrain_section(manifest: dict, uri: str, folder: str) -> str:
+    from xgen_core.posttrain.report import section
+
+    return section(manifest, uri, folder)
 
 
 def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
@@ -85,14 +94,6 @@ def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
         return importlib.import_module(module_name).report_section(manifest, uri, folder)
 
     return section
-
-    from xgen_core.evals.humaneval import report_section as humaneval_section
-
-    SECTIONS["humaneval"] = humaneval_section
-    from xgen_core.posttrain.report import section as posttrain_section
-
-    for stage in ("sft", "dpo", "grpo"):
-        SECTIONS[stage] = posttrain_section
 
 
 _register_sections()
