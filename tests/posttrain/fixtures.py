@@ -90,7 +90,7 @@ def run_stage_function(stage: str, init: str, out: str, on_step=None, log=lambda
 
 
 KILLED_RUN = r"""
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {repo_root!r})
 from xgen_core.train.host import configure_cpu_training
 configure_cpu_training()
@@ -98,6 +98,12 @@ from tests.posttrain.fixtures import run_stage_function
 
 def kill_at(record):
     if record["step"] == {kill_step}:
+        # Checkpoints are written in the background: kill once the previous one is finalized (renamed from its
+        # tmp folder), so the resume has a known step to start from however loaded the machine is.
+        saved = os.path.join({out!r}, "checkpoints", str({kill_step} - 1))
+        deadline = time.monotonic() + 600
+        while not os.path.isdir(saved) and time.monotonic() < deadline:
+            time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGKILL)
 
 run_stage_function({stage!r}, {init!r}, {out!r}, on_step=kill_at)
