@@ -77,21 +77,15 @@ def _register_sections() -> None:
     SECTIONS["math_eval"] = _lazy_section("xgen_core.evals.math_eval")
     SECTIONS["humaneval"] = _lazy_section("xgen_core.evals.humaneval")
     for stage in ("sft", "dpo", "grpo"):
-        SECTIONS[stage] = _lazy_posttrain_section
+        SECTIONS[stage] = _lazy_section("xgen_core.posttrain.report", "section")
 
 
-def _lazy_posttrain_section(manifest: dict, uri: str, folder: str) -> str:
-    from xgen_core.posttrain.report import section
-
-    return section(manifest, uri, folder)
-
-
-def _lazy_section(module_name: str) -> Callable[[dict, str, str], str]:
-    """A stage's report_section, imported only when the report shows that stage."""
+def _lazy_section(module_name: str, function: str = "report_section") -> Callable[[dict, str, str], str]:
+    """A stage's report section function, imported only when the report shows that stage."""
     def section(manifest: dict, uri: str, folder: str) -> str:
         import importlib
 
-        return importlib.import_module(module_name).report_section(manifest, uri, folder)
+        return getattr(importlib.import_module(module_name), function)(manifest, uri, folder)
 
     return section
 

@@ -26,17 +26,23 @@ class TrainedModel:
     tokenizer_config: dict
 
 
+def _upstream_manifests(manifest: dict):
+    """The manifests of an artifact's inputs that are stage artifacts, in input order."""
+    for upstream in manifest.get("inputs", {}).values():
+        if store_for(upstream).exists(join(upstream, artifacts.MANIFEST)):
+            yield artifacts.read_manifest(upstream)
+
+
 def _tokenizer_uri(manifest: dict) -> str:
     """The tokenizer artifact: a direct input, or (for a later training stage) one of its inputs' inputs."""
     inputs = manifest.get("inputs", {})
     if "tokenizer" in inputs:
         return inputs["tokenizer"]
-    for upstream in inputs.values():
-        if store_for(upstream).exists(join(upstream, artifacts.MANIFEST)):
-            try:
-                return _tokenizer_uri(artifacts.read_manifest(upstream))
-            except XgenError:
-                continue
+    for parent in _upstream_manifests(manifest):
+        try:
+            return _tokenizer_uri(parent)
+        except XgenError:
+            continue
     raise XgenError(f"the {manifest.get('stage')} artifact {manifest.get('uri')} names no tokenizer among its inputs")
 
 
@@ -47,11 +53,9 @@ def _position_overrides(manifest: dict) -> dict:
     own = sections.get(manifest.get("stage"), {})
     if "rope_theta" in own and "max_seq_len" in own:
         return {"rope_theta": own["rope_theta"], "max_seq_len": own["max_seq_len"]}
-    for upstream in manifest.get("inputs", {}).values():
-        if store_for(upstream).exists(join(upstream, artifacts.MANIFEST)):
-            parent = artifacts.read_manifest(upstream)
-            if "model" in parent.get("config", {}):  # a trained model's artifact, not data
-                return _position_overrides(parent)
+    for parent in _upstream_manifests(manifest):
+        if "model" in parent.get("config", {}):  # a trained model's artifact, not data
+            return _position_overrides(parent)
     return {}
 
 
