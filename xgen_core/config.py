@@ -636,12 +636,24 @@ class ExtendConfig(Section):
     group_by: str                         # mixture column whose documents are concatenated in order (site, repo)
     short_stages: list[str]               # curriculum stages the short documents come from
     eval_rows: int = Field(ge=1)          # held-out rows of the stage's own mixture for the held-out loss
+    retrieval_share: Share                # share of characters from synthetic retrieval documents (0: none)
+    retrieval_tasks: list[str]            # RULER task generators that make them (answers included)
+    retrieval_min_tokens: int = Field(ge=32)  # their lengths in tokens spread uniformly over [min, max]
+    retrieval_max_tokens: int = Field(ge=32)  # (packing cuts a longer one into rows like any long document)
 
     @model_validator(mode="after")
     def _fits_the_model(self):
         require(self.seq_len <= self.max_seq_len, "max_seq_len", self.max_seq_len, f">= seq_len ({self.seq_len})")
         require(self.batch_size % self.grad_accum_steps == 0, "grad_accum_steps", self.grad_accum_steps,
                 f"a divisor of batch_size ({self.batch_size})")
+        if self.retrieval_share:
+            require(self.retrieval_min_tokens <= self.retrieval_max_tokens, "retrieval_min_tokens",
+                    self.retrieval_min_tokens, f"<= retrieval_max_tokens ({self.retrieval_max_tokens})")
+            from xgen_core.evals.ruler_tasks import TASKS
+
+            unknown = [t for t in self.retrieval_tasks if t not in TASKS]
+            require(self.retrieval_tasks and not unknown, "retrieval_tasks", self.retrieval_tasks,
+                    f"RULER tasks ({', '.join(TASKS)})")
         return self
 
 

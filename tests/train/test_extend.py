@@ -1,6 +1,7 @@
 """Length extension: the long-document mixture, continuation from the previous stage, exact kill-resume, and no
 attention across documents at the extended length."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runtime, micro_train, synthetic_documents
+from xgen_core.errors import XgenError
 from xgen_core.model.decoder import Decoder
 from xgen_core.model.presets import get_preset
 from xgen_core.tokens.corpus import is_heldout_cluster
@@ -18,7 +20,7 @@ from xgen_core.tokens.packing import row_fields
 from xgen_core.tokens.shards import pack_curriculum
 from xgen_core.tokens.tokenizer import tokenizer_config, train_tokenizer
 from xgen_core.train.checkpoint import Checkpointer
-from xgen_core.train.extend import long_documents, mix_by_characters
+from xgen_core.train.extend import long_documents, mix_by_characters, retrieval_documents
 from xgen_core.train.loop import Continuation, pretrain
 from xgen_core.train.metrics import read_metrics
 
@@ -46,6 +48,42 @@ def test_mix_by_characters_gives_long_documents_their_share():
     assert abs(long_chars / sum(len(t) for t, _ in mixed) - 0.6) < 0.02
 
 
+def word_count(text: str) -> int:
+    return 1 + len(text.split())
+
+
+def retrieval_settings(**overrides):
+    from xgen_core.config import load_config
+
+    values = {"retrieval_share": 0.5, "retrieval_min_tokens": 60, "retrieval_max_tokens": 200,
+              "retrieval_tasks": ["niah_single_1", "niah_multikey_1"], **overrides}
+    return load_config("tiny", [f"extend_32k.{k}={v}".replace("'", "") for k, v in values.items()]).extend_32k
+
+
+def test_retrieval_documents_carry_their_answer_within_the_length_range():
+    from xgen_core.evals.ruler_tasks import TaskBuilder, build_corpus
+
+    haystack = [" ".join(f"word{i}{j}" for j in range(40)) + "." for i in range(30)]
+    documents = list(itertools.islice(retrieval_documents(word_count, haystack, retrieval_settings(), "s1"), 12))
+    assert len({cluster for _, cluster in documents}) == 12
+    for index, (text, _) in enumerate(documents):
+        prompt, answer = text.rsplit(" ", 1)
+        assert answer.isdigit() and f"is: {answer}." in prompt  # the needle's value closes the document
+        assert 60 <= word_count(text) <= 200 + 16  # the answer may use the room left for generation
+    # The stage's seed draws other keys than the evaluation's: no training document is an evaluation prompt.
+    evaluation = TaskBuilder(word_count, build_corpus(haystack, 0), 42, 16)
+    made = [evaluation.samples("niah_single_1", length, 2) for length in range(60, 201)]
+    prompts = {sample.prompt for samples in made if isinstance(samples, list) for sample in samples}
+    assert prompts
+    assert not prompts & {text.rsplit(" ", 1)[0] for text, _ in documents}
+
+
+def test_retrieval_documents_fail_clearly_when_none_can_be_built():
+    settings = retrieval_settings(retrieval_min_tokens=32, retrieval_max_tokens=33)
+    with pytest.raises(XgenError, match="could not be built"):
+        next(retrieval_documents(word_count, ["a b c."], settings, "s1"))
+
+
 @pytest.fixture(scope="module")
 def extension(tmp_path_factory):
     """A micro model pretrained for 4 steps at 32 tokens, and an extension mixture packed at 128."""
@@ -68,7 +106,8 @@ def extension(tmp_path_factory):
 
 
 def continuation(pre_run: str) -> Continuation:
-    return Continuation(init_run_uri=pre_run, rope_theta=8e6, max_seq_len=EXTEND_LEN, warmup_steps=2, eval_rows=2)
+    # eval_rows below the micro-batch (2): the evaluator takes a whole micro-batch rather than none
+    return Continuation(init_run_uri=pre_run, rope_theta=8e6, max_seq_len=EXTEND_LEN, warmup_steps=2, eval_rows=1)
 
 
 KILLED_RUN = r"""
@@ -107,6 +146,7 @@ def test_extension_starts_from_the_previous_parameters_with_a_fresh_optimizer(ex
     assert summary["last_step"] == EXTEND_STEPS
     lrs = [r["lr"] for r in records]
     assert lrs[0] < lrs[1] and lrs[1] == max(lrs) and lrs[-1] < lrs[2]  # short warm-up, then decay
+    assert all(r["heldout_loss"] > 1.0 for r in records if "heldout_loss" in r)
     from xgen_core.train.step import abstract_state
     from xgen_core.train.optimizer import make_optimizer
     from xgen_core.train.loop import build_model, continued_state

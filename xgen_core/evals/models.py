@@ -34,10 +34,10 @@ class TextModel:
     batch_size: int
 
     @classmethod
-    def load(cls, uri: str, batch_size: int) -> "TextModel":
+    def load(cls, uri: str, batch_size: int, max_seq_len: int | None = None) -> "TextModel":
         from xgen_core.infer.model_artifact import load_trained_model
 
-        return cls(load_trained_model(uri), batch_size)
+        return cls(load_trained_model(uri, max_seq_len), batch_size)
 
     @property
     def max_seq_len(self) -> int:

@@ -451,6 +451,24 @@ class TaskBuilder:
         return text + " " + " ".join(names) + "\n"
 
     def samples(self, task: str, length: int, n: int) -> list[Sample] | Skipped:
+        prepared = self._prepare(task, length)
+        if isinstance(prepared, Skipped):
+            return prepared
+        out = []
+        for index in range(n):
+            made = self._sample(prepared, index)
+            if isinstance(made, Skipped):
+                return made
+            out.append(made)
+        return out
+
+    def sample(self, task: str, length: int, index: int) -> Sample | Skipped:
+        """The `index`-th sample of a task at a length alone (what `samples` makes at that index)."""
+        prepared = self._prepare(task, length)
+        return prepared if isinstance(prepared, Skipped) else self._sample(prepared, index)
+
+    def _prepare(self, task: str, length: int) -> tuple | Skipped:
+        """(task, length, make, lower, size, budget, new tokens): the haystack size that fits, probed once."""
         if task not in TASKS:
             raise XgenError(f"unknown RULER task {task!r}; tasks: {', '.join(TASKS)}")
         new_tokens = self.tokens_to_generate(task)
@@ -463,14 +481,15 @@ class TaskBuilder:
                                 lower)
         if size is None:
             return Skipped(task, length, f"the smallest instance exceeds {length} tokens")
-        out = []
-        for index in range(n):
-            used = self._fit_sample(make, task, length, index, size, lower, budget)
-            if used is None:
-                return Skipped(task, length, f"sample {index} does not fit {length} tokens at its smallest")
-            text, references = make(used, self._rng(task, length, index), index)
-            out.append(Sample(task, length, index, text, references, self.count(text) + new_tokens, new_tokens))
-        return out
+        return task, length, make, lower, size, budget, new_tokens
+
+    def _sample(self, prepared: tuple, index: int) -> Sample | Skipped:
+        task, length, make, lower, size, budget, new_tokens = prepared
+        used = self._fit_sample(make, task, length, index, size, lower, budget)
+        if used is None:
+            return Skipped(task, length, f"sample {index} does not fit {length} tokens at its smallest")
+        text, references = make(used, self._rng(task, length, index), index)
+        return Sample(task, length, index, text, references, self.count(text) + new_tokens, new_tokens)
 
     def _fit_sample(self, make, task: str, length: int, index: int, size: int, lower: int,
                     budget: int) -> int | None:

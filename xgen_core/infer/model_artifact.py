@@ -83,7 +83,9 @@ def _restore_params(checkpoint_uri: str, model, train_config: dict):
         checkpointer.close()
 
 
-def load_trained_model(uri: str) -> TrainedModel:
+def load_trained_model(uri: str, max_seq_len: int | None = None) -> TrainedModel:
+    """The model of a training stage's artifact at its latest checkpoint; `max_seq_len` reads it at another
+    context length than it was trained for (RoPE has no table to outgrow: how far it carries is what RULER asks)."""
     from xgen_core.tokens.tokenizer import load_tokenizer
     from xgen_core.train.loop import build_model
 
@@ -95,8 +97,8 @@ def load_trained_model(uri: str) -> TrainedModel:
     if "model" not in sections or "train" not in sections:
         raise XgenError(f"{uri} is a {manifest.get('stage')} artifact, not a trained model's (no model/train config)")
     tokenizer, tokenizer_config = load_tokenizer(_tokenizer_uri(manifest))
-    model = build_model(ModelConfig(**sections["model"]), tokenizer_config["vocab_size"],
-                        **_position_overrides(manifest))
+    positions = _position_overrides(manifest) | ({"max_seq_len": max_seq_len} if max_seq_len else {})
+    model = build_model(ModelConfig(**sections["model"]), tokenizer_config["vocab_size"], **positions)
     step, params = _restore_params(join(uri, "checkpoints"), model, sections["train"])
     return TrainedModel(uri, step, model, params, tokenizer, tokenizer_config)
 

@@ -7,13 +7,22 @@ group (a site or repository: the `group_by` column) concatenated in corpus order
 characters with short documents of the late curriculum stages, then packed at the stage's length as pretraining
 packs (each document its own segment: no attention crosses a document boundary). The packed mixture lives in
 the stage's own artifact directory (`data/`), written once before training, so a resumed run reads the same rows.
+
+With `retrieval_share` > 0, synthetic retrieval documents take that share of the characters: RULER's task
+generators (xgen_core/evals/ruler_tasks.py) with their answers appended, keys and values drawn from the stage's
+own seed (not RULER's evaluation seed), lengths spread over [`retrieval_min_tokens`, `retrieval_max_tokens`]. Not the
+paper's recipe: at tiny scale no corpus document is long enough to need retrieval, and bench/length_extension.py
+uses them to measure what the extension itself buys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+import random
+from collections.abc import Callable, Iterable, Iterator
 
 from xgen_core.config import ExtendConfig, XgenConfig
+from xgen_core.errors import XgenError
 from xgen_core.storage import join, store_for
 from xgen_core.tokens.corpus import (
     CLUSTER_COLUMN, TEXT_COLUMN, _iter_rows, curriculum_sources, is_heldout_cluster, iter_stage_clustered,
@@ -22,6 +31,9 @@ from xgen_core.tokens.shards import STAGES_FILE, pack_curriculum
 
 DATA_DIR = "data"
 JOINER = "\n\n"
+RETRIEVAL_ANSWER_TOKENS = 16  # room left for the answer: RULER's niah generates up to 128 tokens
+RETRIEVAL_HAYSTACK_DOCUMENTS = 200
+MAX_SKIPPED_IN_A_ROW = 100
 
 
 def long_documents(rows: Iterable[tuple[str, str, str]], target_chars: int,
@@ -62,10 +74,36 @@ def mix_by_characters(long: Iterable[tuple[str, str]], short: Iterable[tuple[str
         yield document
 
 
+def retrieval_documents(count_tokens: Callable[[str], int], haystack_texts: list[str], settings: ExtendConfig,
+                        seed: str) -> Iterator[tuple[str, str]]:
+    """Endless (document, cluster id): a RULER task sample followed by its answer, tasks in turn, lengths in tokens
+    drawn uniformly from [retrieval_min_tokens, retrieval_max_tokens]; the mix that reads them decides how many."""
+    from xgen_core.evals.ruler_tasks import Skipped, TaskBuilder, build_corpus
+
+    builder = TaskBuilder(count_tokens, build_corpus(haystack_texts, 0), seed, RETRIEVAL_ANSWER_TOKENS)
+    lengths = random.Random(seed)
+    skipped_in_a_row = 0
+    for index in itertools.count():
+        task = settings.retrieval_tasks[index % len(settings.retrieval_tasks)]
+        length = lengths.randint(settings.retrieval_min_tokens, settings.retrieval_max_tokens)
+        sample = builder.sample(task, length, index)
+        if isinstance(sample, Skipped):
+            skipped_in_a_row += 1
+            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise XgenError(f"retrieval documents: {MAX_SKIPPED_IN_A_ROW} samples in a row could not be built "
+                                f"(last: {sample.task} at {sample.length} tokens: {sample.reason}); raise "
+                                f"retrieval_min_tokens (now {settings.retrieval_min_tokens})")
+            continue
+        skipped_in_a_row = 0
+        yield f"{sample.prompt} {' '.join(sample.references)}", f"retrieval-{seed}-{index}"
+
+
 def extension_documents(mixture_uri: str, curriculum: list[str], settings: ExtendConfig, chars_per_token: float,
-                        heldout_fraction: float) -> Iterator[tuple[str, str]]:
+                        heldout_fraction: float, count_tokens: Callable[[str], int] | None = None,
+                        seed: str = "") -> Iterator[tuple[str, str]]:
     """The stage's mixture: long documents from every curriculum stage's documents (each once), mixed with the
-    short documents (with the mixture's repeats) of `settings.short_stages`."""
+    short documents (with the mixture's repeats) of `settings.short_stages`, and with retrieval documents when
+    `retrieval_share` > 0 (their haystacks from training documents; `count_tokens` measures their length)."""
     sources = curriculum_sources(mixture_uri, curriculum)
     columns = [TEXT_COLUMN, CLUSTER_COLUMN, settings.group_by]
 
@@ -79,7 +117,15 @@ def extension_documents(mixture_uri: str, curriculum: list[str], settings: Exten
 
     target_chars = int(settings.long_doc_tokens * chars_per_token)
     long = long_documents(corpus_rows(), target_chars, heldout_fraction)
-    return mix_by_characters(long, short_rows(), settings.long_share)
+    mixed = mix_by_characters(long, short_rows(), settings.long_share)
+    if not settings.retrieval_share:
+        return mixed
+    if count_tokens is None:
+        raise XgenError("retrieval documents need the tokenizer's count_tokens")
+    training = (text for text, cluster, _ in corpus_rows() if not is_heldout_cluster(cluster, heldout_fraction))
+    haystack = list(itertools.islice(training, RETRIEVAL_HAYSTACK_DOCUMENTS))
+    retrieval = retrieval_documents(count_tokens, haystack, settings, seed)
+    return mix_by_characters(retrieval, mixed, settings.retrieval_share)
 
 
 def extension_train_config(cfg: XgenConfig, settings: ExtendConfig):
@@ -96,7 +142,9 @@ def _pack_extension_data(ctx, stage: str, settings: ExtendConfig, tokenizer, tok
         return data_uri
     cfg = ctx.cfg
     documents = extension_documents(ctx.inputs["mixture"], list(cfg.curriculum()), settings,
-                                    cfg.mixture.chars_per_token, cfg.pack.heldout_fraction)
+                                    cfg.mixture.chars_per_token, cfg.pack.heldout_fraction,
+                                    count_tokens=lambda text: 1 + len(tokenizer.encode(text).ids),
+                                    seed=f"{stage}-{cfg.train.seed}")
     packed = pack_curriculum(tokenizer, tokenizer_config, {stage: documents}, data_uri, settings.seq_len,
                              cfg.pack.heldout_fraction, cfg.pack.rows_per_shard)
     entry = packed["stages"][0]

@@ -218,6 +218,7 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
         log(f"resuming from the checkpoint of step {start_step}")
 
     eval_rows = runtime.eval_batches * micro_batch if continuation is None else continuation.eval_rows
+    eval_rows = -(-eval_rows // micro_batch) * micro_batch  # whole micro-batches: fewer rows would evaluate none
     heldout = heldout_rows(pack_uri, packed, eval_rows)
     evaluator = Evaluator(model, mesh, shardings, heldout, micro_batch)
     baseline = unigram_baseline_loss(pack_uri, heldout)

@@ -1,0 +1,145 @@
+"""Does length extension buy long-context retrieval? The three-model experiment of paper 3.4 at tiny scale.
+
+(a) the pretrained model (trained at `pack.seq_len`, RoPE base of the preset);
+(b) a control: `extend_32k` run at the ORIGINAL length and RoPE base on the same extension data, same steps and
+    tokens a step;
+(c) the extended model: `extend_32k` at `--seq-len` with the stage's larger RoPE base.
+
+Both (b) and (c) are the real `extend_32k` stage (run through the stage table: content-versioned artifacts under
+--root, reused when they exist), differing only in the config overrides printed below. Their extension mixture
+includes synthetic retrieval documents (RULER's niah generators with their answers, `extend_32k.retrieval_share`,
+keys and values from the stage's seed): at tiny scale no corpus document is long enough to need retrieval. The
+three are then scored by RULER's niah tasks (the `ruler` stage's own evaluate, its evaluation seed, haystacks from
+held-out documents) at the original length and at 4x and 8x of it, every model read at the longest length, and by
+their held-out loss on pretraining's held-out rows at the original length.
+
+    .venv/bin/python bench/length_extension.py --root artifacts   # after `make run`: the pipeline is reused
+
+Prints the niah table per model and length, and the ratios the issue asks for: (c) - (b) at 4x, (c) - (b) at the
+original length, (c)'s held-out loss at the original length over (a)'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xgen_core.config import load_config
+from xgen_core.evals.models import TextModel, training_documents
+from xgen_core.evals.ruler import evaluate
+from xgen_core.evals.ruler_tasks import TaskBuilder, build_corpus
+from xgen_core.stages import run_pipeline, run_stage
+from xgen_core.storage import join, store_for
+from xgen_core.tokens.packing import inputs_and_targets
+from xgen_core.tokens.shards import STAGES_FILE
+from xgen_core.train.loop import heldout_rows
+
+NIAH = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1"]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="artifacts", help="artifact root (make run's is reused)")
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--factor", type=int, default=4, help="extended length = factor x the pretraining length")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--tokens-per-step", type=int, default=4096)
+    parser.add_argument("--peak-lr", type=float, default=1e-3)
+    parser.add_argument("--retrieval-share", type=float, default=0.5)
+    parser.add_argument("--retrieval-min-tokens", type=int, default=96)
+    parser.add_argument("--tasks", default=",".join(NIAH))
+    parser.add_argument("--samples", type=int, default=20, help="RULER samples per task and length")
+    parser.add_argument("--eval-factors", default="1,4,8",
+                        help="RULER lengths as multiples of the pretraining length")
+    parser.add_argument("--heldout-rows", type=int, default=64)
+    return parser.parse_args()
+
+
+def extension_overrides(args, seq_len: int, long_len: int, rope_theta: float | None) -> list[str]:
+    """extend_32k at `seq_len`; the data (long documents, retrieval documents up to `long_len`) is the same for both."""
+    rows = args.tokens_per_step // seq_len
+    theta = [f"extend_32k.rope_theta={rope_theta}"] if rope_theta else []
+    return [
+        f"extend_32k.seq_len={seq_len}", f"extend_32k.max_seq_len={seq_len}", *theta,
+        f"extend_32k.tokens={args.steps * rows * seq_len}", f"extend_32k.batch_size={rows}",
+        "extend_32k.grad_accum_steps=1", f"extend_32k.peak_lr={args.peak_lr}",
+        f"extend_32k.warmup_steps={max(1, args.steps // 20)}", f"extend_32k.retrieval_share={args.retrieval_share}",
+        f"extend_32k.retrieval_tasks=[{args.tasks}]", f"extend_32k.retrieval_min_tokens={args.retrieval_min_tokens}",
+        f"extend_32k.retrieval_max_tokens={long_len}", f"extend_32k.long_doc_tokens={2 * long_len}",
+        "extend_32k.attention_impl=xla",
+    ]
+
+
+def heldout_loss(model: TextModel, pack_uri: str, count: int) -> float:
+    """Mean next-token loss (nats) on the pretraining pack's first held-out rows."""
+    packed = json.loads(store_for(pack_uri).read_text(join(pack_uri, STAGES_FILE)))
+    batch = inputs_and_targets(heldout_rows(pack_uri, packed, count))
+    trained = model.trained
+    logits = trained.model.apply({"params": trained.params}, jnp.asarray(batch["inputs"]),
+                                 jnp.asarray(batch["positions"]), jnp.asarray(batch["segment_ids"]))
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = np.asarray(jnp.take_along_axis(logprobs, jnp.asarray(batch["targets"])[..., None], axis=-1)[..., 0])
+    return float(-(picked * batch["weights"]).sum() / batch["weights"].sum())
+
+
+def niah_scores(uri: str, cfg, tasks: list[str], lengths: list[int],
+                samples: int) -> tuple[dict[int, float], TextModel]:
+    model = TextModel.load(uri, cfg.ruler.batch_size, max_seq_len=max(lengths))
+    corpus = build_corpus(training_documents(uri, cfg.ruler.max_documents, ""), cfg.ruler.seed)
+    builder = TaskBuilder(model.count_tokens, corpus, cfg.ruler.seed, cfg.ruler.max_new_tokens)
+    rows, _, skipped = evaluate(model, builder, tasks, lengths, samples, uri)
+    if skipped:
+        raise SystemExit(f"RULER cells could not be built: {skipped}")
+    return {length: float(np.mean([r["score"] for r in rows if r["length"] == length])) for length in lengths}, model
+
+
+def main() -> None:
+    args = parse_args()
+    base = [f"root={args.root}"]
+    cfg = load_config(args.profile, base)
+    started = time.perf_counter()
+    outcomes = {o.stage: o for o in run_pipeline(cfg, "bench-length-extension", until="pretrain")}
+    original = cfg.pack.seq_len
+    pretrained_theta = cfg.model.spec().rope_theta
+    long = original * args.factor
+    models = {"(a) pretrained": outcomes["pretrain"].uri}
+    for label, seq_len, theta in (("(b) control", original, pretrained_theta), ("(c) extended", long, None)):
+        overrides = extension_overrides(args, seq_len, long, theta)
+        print(f"{label}: extend_32k with {' '.join(overrides)}", flush=True)
+        extended = run_stage(load_config(args.profile, base + overrides), "extend_32k", "bench-length-extension")
+        models[label] = extended.uri
+    trained_s = time.perf_counter() - started
+
+    tasks = args.tasks.split(",")
+    lengths = [original * int(f) for f in args.eval_factors.split(",")]
+    table, losses = {}, {}
+    for label, uri in models.items():
+        table[label], model = niah_scores(uri, cfg, tasks, lengths, args.samples)
+        losses[label] = heldout_loss(model, outcomes["pack"].uri, args.heldout_rows)
+        print(f"{label} {uri}: niah {table[label]} held-out loss @ {original} {losses[label]:.4f}", flush=True)
+
+    print(f"\nRULER niah average ({', '.join(tasks)}; {args.samples} samples each), 0-100, and held-out loss at "
+          f"{original} tokens; {args.steps} extension steps of {args.tokens_per_step} tokens, retrieval share "
+          f"{args.retrieval_share}; {trained_s:.0f} s to train, {time.perf_counter() - started:.0f} s in all\n")
+    header = " | ".join(f"@ {n} ({n // original}x)" for n in lengths)
+    print(f"| model | {header} | held-out loss @ {original} |")
+    print("|---|" + "---:|" * (len(lengths) + 1))
+    for label in models:
+        print(f"| {label} | " + " | ".join(f"{table[label][n]:.1f}" for n in lengths) + f" | {losses[label]:.4f} |")
+    at_4x = original * 4
+    print()
+    if at_4x in lengths:
+        print(f"(c) - (b) at 4x ({at_4x}): {table['(c) extended'][at_4x] - table['(b) control'][at_4x]:+.1f} points")
+    at_1x = table["(c) extended"][original] - table["(b) control"][original]
+    print(f"(c) - (b) at 1x ({original}): {at_1x:+.1f} points")
+    print(f"held-out loss at {original}: (c) / (a) = {losses['(c) extended'] / losses['(a) pretrained']:.3f}, "
+          f"(b) / (a) = {losses['(b) control'] / losses['(a) pretrained']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
