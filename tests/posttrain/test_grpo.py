@@ -63,7 +63,7 @@ def test_training_prompts_never_repeat_a_heldout_prompt():
     rows = [{"prompt": p, "answer": "0"} for p in ("a", "b", "c", "a", "d", "b", "a")]
     heldout, train, dropped = split_tasks(rows, heldout_prompts=2)
     assert heldout == [0, 1] and train == [2, 4] and dropped == 3
-    rows = generated_grpo_rows(1234, math_prompts=288, code_prompts=0, max_operand=9)  # the tiny profile's tasks
+    rows = generated_grpo_rows(1234, math_prompts=288, code_prompts=0, max_operand=9)  # 200 possible questions
     heldout, train, dropped = split_tasks(rows, heldout_prompts=32)
     assert dropped > 0 and not {rows[i]["prompt"] for i in heldout} & {rows[i]["prompt"] for i in train}
     with pytest.raises(XgenError, match="repeats a held-out prompt"):
