@@ -7,7 +7,8 @@ import pytest
 
 from xgen_core.evals import sandbox
 from xgen_core.posttrain.data import code_task, generated_grpo_rows
-from xgen_core.posttrain.grpo import clipped_objective, group_advantages, kl_penalty
+from xgen_core.errors import XgenError
+from xgen_core.posttrain.grpo import clipped_objective, group_advantages, kl_penalty, split_tasks
 from xgen_core.posttrain.rewards import completion_code, reward
 from xgen_core.train.metrics import read_metrics
 
@@ -56,6 +57,17 @@ def test_generated_tasks_are_deterministic_and_mixed():
     rows = generated_grpo_rows(5, math_prompts=10, code_prompts=4, max_operand=9)
     assert rows == generated_grpo_rows(5, math_prompts=10, code_prompts=4, max_operand=9)
     assert sum("tests" in r for r in rows) == 4 and sum("answer" in r for r in rows) == 10
+
+
+def test_training_prompts_never_repeat_a_heldout_prompt():
+    rows = [{"prompt": p, "answer": "0"} for p in ("a", "b", "c", "a", "d", "b", "a")]
+    heldout, train, dropped = split_tasks(rows, heldout_prompts=2)
+    assert heldout == [0, 1] and train == [2, 4] and dropped == 3
+    rows = generated_grpo_rows(1234, math_prompts=288, code_prompts=0, max_operand=9)  # 200 possible questions
+    heldout, train, dropped = split_tasks(rows, heldout_prompts=32)
+    assert dropped > 0 and not {rows[i]["prompt"] for i in heldout} & {rows[i]["prompt"] for i in train}
+    with pytest.raises(XgenError, match="repeats a held-out prompt"):
+        split_tasks([{"prompt": "a", "answer": "0"}] * 3, heldout_prompts=1)
 
 
 @pytest.fixture(scope="module")

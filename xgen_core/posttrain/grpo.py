@@ -124,14 +124,29 @@ def load_tasks(settings: GrpoConfig, template: ChatTemplate, max_seq_len: int, q
     return kept, prompts
 
 
+def split_tasks(rows: list[dict], heldout_prompts: int) -> tuple[list[int], list[int], int]:
+    """(held-out indices, training indices, training rows dropped because a held-out row has their prompt).
+
+    Rows come shuffled from the seed: the first `heldout_prompts` are held out. Small task spaces repeat prompts
+    (single-digit arithmetic has 200), so a training row that asks a held-out question is left out, or the
+    held-out reward would measure memorised answers."""
+    heldout = list(range(min(heldout_prompts, len(rows))))
+    asked = {rows[i]["prompt"] for i in heldout}
+    rest = range(len(heldout), len(rows))
+    train_tasks = [i for i in rest if rows[i]["prompt"] not in asked]
+    if not train_tasks:
+        raise XgenError(f"grpo: every one of the {len(rest)} training prompts repeats a held-out prompt; "
+                        f"generate more prompts or a larger task space (grpo.max_operand)")
+    return heldout, train_tasks, len(rest) - len(train_tasks)
+
+
 def grpo(init_uri: str, out_uri: str, settings: GrpoConfig, train: TrainConfig, mesh: MeshConfig,
          run: PosttrainRunConfig, expected_model: dict | None = None, log=print, on_step=None) -> dict:
     policy = load_policy(init_uri, expected_model)
     template = ChatTemplate(policy.tokenizer, policy.tokenizer_config)
     quarantine = Quarantine()
     rows, prompts = load_tasks(settings, template, policy.model.spec.max_seq_len, quarantine)
-    heldout = list(range(settings.heldout_prompts))  # rows come shuffled from the seed: the first ones are held out
-    train_tasks = list(range(settings.heldout_prompts, len(rows)))
+    heldout, train_tasks, leaked = split_tasks(rows, settings.heldout_prompts)
     width = max(map(len, prompts)) + settings.max_new_tokens
     group = settings.group_size
 
@@ -211,6 +226,7 @@ def grpo(init_uri: str, out_uri: str, settings: GrpoConfig, train: TrainConfig, 
     last_step = last_step_of(settings.steps, run)
     kinds = [task_kind(row) for row in rows]
     counts = {"train_prompts": len(train_tasks), "heldout_prompts": len(heldout),
+              "train_prompts_dropped_as_heldout": leaked,
               "math_prompts": kinds.count("math"), "code_prompts": kinds.count("code"),
               "quarantined": sum(quarantine.counts.values()),
               **{f"quarantined_{k}": v for k, v in sorted(quarantine.counts.items())}}
