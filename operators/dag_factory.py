@@ -82,20 +82,25 @@ def profiles() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != BASE_PROFILE)
 
 
+# A param that may be left empty also takes null: the UI's trigger form marks a param whose JSON-schema type
+# lacks "null" as required and will not trigger while it is empty (e.g. backend "", the profile's own backends).
+OPTIONAL = {kind: ["null", kind] for kind in ("string", "array", "object", "boolean")}
+
+
 def common_params(stages: list[Stage]) -> dict:
     """What a user gives a run (from the UI's trigger form or the REST API's `conf`), checked by JSON schema."""
     return {
         "profile": Param("tiny", type="string", enum=profiles(), description="config profile from configs/"),
-        "root": Param(os.environ.get("XGEN_ARTIFACTS", ""), type="string",
+        "root": Param(os.environ.get("XGEN_ARTIFACTS", ""), type=OPTIONAL["string"],
                       description="artifact root (file path or gs://...); default $XGEN_ARTIFACTS, empty = the profile's"),
-        "overrides": Param([], type="array", items={"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*=.*$"},
+        "overrides": Param([], type=OPTIONAL["array"], items={"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*=.*$"},
                            description="config overrides key=value, e.g. train_run.max_steps=20"),
-        "backend": Param("", type="string", enum=["", *BACKENDS],
+        "backend": Param("", type=OPTIONAL["string"], enum=[None, "", *BACKENDS],
                          description="run every stage on this backend; empty = orchestration.backend(s) of the profile"),
-        "stages": Param([], type="array", items={"type": "string", "enum": [s.name for s in stages]},
+        "stages": Param([], type=OPTIONAL["array"], items={"type": "string", "enum": [s.name for s in stages]},
                         uniqueItems=True, description="run only these stages (the others are skipped and their "
                         "committed artifacts used); empty = all"),
-        "upstream_artifacts": Param({}, type="object", additionalProperties={"type": "string"},
+        "upstream_artifacts": Param({}, type=OPTIONAL["object"], additionalProperties={"type": "string"},
                                     description="stage -> artifact URI for upstreams outside this DAG; empty = the "
                                     "triggering Asset event's, else the config's"),
     }

@@ -17,14 +17,15 @@ from datetime import datetime
 
 from airflow.sdk import Param
 
+from operators.dag_factory import OPTIONAL
 from xgen_core.config import load_config
 from xgen_core.stages import STAGES
 from xgen_core.storage import normalize_uri
 
 REFRESH_PARAMS = {
-    "snapshot": Param("", type="string", pattern=r"^[A-Za-z0-9._-]*$",
+    "snapshot": Param("", type=OPTIONAL["string"], pattern=r"^[A-Za-z0-9._-]*$",
                       description="crawl snapshot name, e.g. CC-MAIN-2024-51; empty = from the run's data interval"),
-    "inputs": Param([], type="array", items={"type": "string"},
+    "inputs": Param([], type=OPTIONAL["array"], items={"type": "string"},
                     description="the snapshot's crawl files or folders; empty = orchestration.refresh.inputs"),
     "append": Param(True, type="boolean",
                     description="append to the newest curated dataset of another snapshot and reuse its signatures"),

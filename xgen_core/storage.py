@@ -326,6 +326,20 @@ class GCSStore(Store):
         return self.client.bucket(bucket_name), name
 
 
+def point_gcs_libraries_at_emulator() -> None:
+    """Where STORAGE_EMULATOR_HOST names a GCS emulator, send the other GCS clients there too, as
+    google-cloud-storage does by itself: TensorStore (Orbax's array writes) and gcsfs (epath's gs:// directories).
+    Settings already in the environment win; without an emulator this changes nothing."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
+    if not emulator:
+        return
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator)
+    # An emulator takes any bearer token; without one TensorStore looks for Google credentials and fails.
+    os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+    # gcsfs asks the storage-control API whether a bucket is hierarchical, which emulators do not serve.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
 @lru_cache(maxsize=4)
 def _default_client(emulator_host: str):
     from google.cloud import storage

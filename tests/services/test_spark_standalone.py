@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from operators.backends import group_alive
 from operators.specs import render, stage_argv
 from tests.conftest import SMALL_CORPUS, _free_port
+from tests.services.services import wait_for
 from xgen_core.config import load_config
 from xgen_core.stages import get_stage
 
@@ -43,21 +43,6 @@ def master_state(ui_port: int) -> dict:
         return json.load(response)
 
 
-def wait_for(condition, what: str, timeout_s: float = READY_S):
-    done = threading.Event()
-    waited = 0.0
-    while waited < timeout_s:
-        try:
-            value = condition()
-            if value:
-                return value
-        except OSError:
-            pass
-        done.wait(1.0)
-        waited += 1.0
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Master + 2 workers (1 core, 1 GiB each) on loopback; every process group ended afterwards."""
@@ -70,7 +55,8 @@ def cluster(tmp_path_factory):
                       "1g", "--webui-port", str(_free_port()), "--work-dir", str(logs / f"work{i}"), url],
                      logs / f"worker{i}.log") for i in range(2)]
     try:
-        wait_for(lambda: sum(w["state"] == "ALIVE" for w in master_state(ui)["workers"]) == 2, "two alive workers")
+        wait_for(lambda: sum(w["state"] == "ALIVE" for w in master_state(ui)["workers"]) == 2, "two alive workers",
+                 READY_S)
         yield {"url": url, "ui": ui, "workers": workers, "logs": logs}
     finally:
         for process in [*workers, master]:
@@ -117,7 +103,7 @@ def test_dedup_on_the_standalone_cluster_equals_local_and_survives_a_worker_kill
         # once the application holds executors on both workers, kill one worker (and its executor) outright
         wait_for(lambda: submitted.poll() is None and any(
             app["state"] == "RUNNING" and app["cores"] >= 2 for app in master_state(cluster["ui"])["activeapps"]),
-            "the application running on both workers")
+            "the application running on both workers", READY_S)
         victim = cluster["workers"][0]
         os.killpg(victim.pid, signal.SIGKILL)
         assert submitted.wait(600) == 0, (tmp_path / "submit.log").read_text()[-3000:]

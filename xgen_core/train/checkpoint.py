@@ -12,6 +12,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from xgen_core.storage import point_gcs_libraries_at_emulator
+
 
 def _directory(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
@@ -22,6 +24,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True
         )
+        point_gcs_libraries_at_emulator()
         self.manager = ocp.CheckpointManager(_directory(uri), options=options)
 
     def latest_step(self) -> int | None:
