@@ -130,3 +130,29 @@ def test_an_extension_batch_that_cannot_split_is_a_clear_error():
     done = _compile(stage="extend_128k")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "extend_128k.batch_size 1" in done.stderr and "train_run.context_parallel.extend_128k = 1" in done.stderr
+
+
+@pytest.mark.parametrize("stage, overrides, rows, tokens", [
+    ("sft", (), 16, 16 * 256),  # tiny: 16 packed rows of 256 + 1 tokens
+    ("dpo", ("dpo.max_len=256",), 2 * 16, 2 * 16 * 256),  # chosen and rejected rows, read 256 positions each
+])
+def test_post_training_steps_compile_for_v5p_and_fit(stage, overrides, rows, tokens):
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile("--memory-only", *overrides, stage=stage)
+    report = _report(done)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (report["stage"], report["fits"], report["attention_impl"]) == (stage, True, "splash")
+    assert report["tokens_per_step"] == tokens
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "context": 1, "tensor": 1}
+    assert 0 < report["bytes"]["arguments"] < report["bytes"]["total"] < report["hbm_bytes"]
+    assert report["bytes"]["aliased"] > 0.9 * report["bytes"]["outputs"]  # the state is donated as in training
+
+
+def test_a_dpo_row_the_pallas_kernel_cannot_take_is_caught_here():
+    # tiny's dpo.max_len 160 is fine for XLA attention on a CPU; splash on a TPU needs multiples of 128
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile("--memory-only", stage="dpo")
+    assert done.returncode == 2
+    assert "Pallas attention needs a sequence length that is a multiple of 128, got 160" in done.stderr

@@ -45,6 +45,8 @@ STEP_BUILDERS: dict[str, str] = {
     "pretrain": "xgen_core.train.loop:pretrain_compile_target",
     "extend_32k": "xgen_core.train.extend:compile_target_32k",
     "extend_128k": "xgen_core.train.extend:compile_target_128k",
+    "sft": "xgen_core.posttrain.sft:compile_target",
+    "dpo": "xgen_core.posttrain.dpo:compile_target",
 }
 
 
