@@ -71,8 +71,17 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None, context: int = 1)
     if context < 1 or len(devices) % context:
         raise XgenError(f"context parallelism over {context} devices does not divide {len(devices)} devices")
     data, fsdp, tensor = mesh_shape(data, fsdp, tensor, len(devices) // context)
-    return jax.make_mesh((data, fsdp, context, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    shape, axis_types = (data, fsdp, context, tensor), (AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError:
+        # A TPU slice's devices are laid out along its physical axes (8 x 8 x 16 for v5p:8x8x16), and make_mesh
+        # wants each mesh axis to be a product of whole physical axes; 32 devices along `context` there are one
+        # physical axis of 16 and half of one of 8 (what MaxText's allow_split_physical_axes allows).
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 
