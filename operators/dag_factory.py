@@ -8,6 +8,7 @@ next family DAG is scheduled on that Asset (and can be triggered by hand).
 
 DAG-level settings (refresh cron, retries, timeouts) are read when the DAG file is parsed, from the profile named
 by XGEN_DAG_PROFILE (default tiny); what a task runs (backend, stage config) comes from the run's own params.
+A TPU stage with a compile check waits for its `<stage>_compile_check` task (operators/compile_gate.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, Param
 
 from operators.backends import BACKENDS
+from operators.compile_gate import CompileGateOperator, gated
 from operators.stage_operator import XgenStageOperator, stage_failure_callback
 from xgen_core.config import CONFIG_DIR, BASE_PROFILE, load_config
 from xgen_core.stages import STAGES, Stage, pipeline_order
@@ -157,6 +159,10 @@ def stage_dag(dag_id: str, stages: list[Stage], description: str, extra_params: 
             for upstream in stage.upstream:
                 if upstream in names:
                     tasks[upstream] >> tasks[stage.name]
+        for stage in filter(gated, stages):
+            # No retries: a step that does not fit will not fit on a second try.
+            settings = {**task_settings(stage.name, orchestration), "retries": 0}
+            CompileGateOperator(stage=stage.name, run_overrides=overrides, **settings) >> tasks[stage.name]
         report = XgenStageOperator(stage="report", run_overrides=overrides, outlets=list(outlets or []),
                                    inlets=list(inlets or []),
                                    artifact_tasks=tuple(tasks), **task_settings("report", orchestration))

@@ -110,6 +110,7 @@ class KubernetesConfig(Section):
     spark: PodResources  # a Spark stage's driver pod (local[*] inside it) when Spark stages run on Kubernetes
     tpu: TpuResources
     coordinator_port: int = Field(ge=1, le=65535)  # jax.distributed coordinator on host 0 of a multi-host slice
+    compile: PodResources  # the CPU pod that compiles a TPU stage's step for its slice first (operators/compile_gate.py)
 
 
 class DockerConfig(Section):
@@ -474,6 +475,9 @@ class TrainRunConfig(Section):
     spike_warmup_steps: int = Field(ge=0)
     peak_flops_per_device: float | None = Field(gt=0)
     mesh: MeshConfig
+    # Stage -> devices that split each sequence of that stage (context parallelism; unlisted stages: 1). How a
+    # stage runs, not what it trains, so here and not in the versioned extend_* sections.
+    context_parallel: dict[Literal["pretrain", "extend_32k", "extend_128k"], Annotated[int, Field(ge=1)]] = {}
 
 
 class RulerConfig(Section):

@@ -11,6 +11,7 @@ import pytest
 
 from xgen_core import artifacts
 from xgen_core.stages import pipeline_order
+from xgen_core.train.compile import STEP_BUILDERS
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -41,7 +42,8 @@ def test_dagbag_loads_with_zero_import_errors(airflow_db):
     assert {"xgen_end_to_end", "xgen_data_refresh"} <= set(bag.dag_ids)
     end_to_end = bag.get_dag("xgen_end_to_end")
     assert [t.task_id for t in end_to_end.topological_sort()][-1] == "report"
-    assert {t.task_id for t in end_to_end.tasks} == {s.name for s in pipeline_order()} | {"report"}
+    checks = {f"{s.name}_compile_check" for s in pipeline_order() if s.resources == "tpu" and s.name in STEP_BUILDERS}
+    assert {t.task_id for t in end_to_end.tasks} == {s.name for s in pipeline_order()} | {"report"} | checks
     assert end_to_end.get_task("ingest").upstream_task_ids == {"sample_corpus"}
     refresh = bag.get_dag("xgen_data_refresh")
     first = [t for t in refresh.tasks if not t.upstream_task_ids]
@@ -70,6 +72,34 @@ def test_the_family_dags_are_scheduled_chained_by_assets_and_retry_with_backoff(
     assert pretrain_task.retries == orchestration.retry.retries
     assert pretrain_task.retry_exponential_backoff == orchestration.retry.backoff
     assert pretrain_task.on_failure_callback
+
+
+def test_each_tpu_stage_with_a_compile_waits_for_its_check_which_starts_with_the_run(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from operators.compile_gate import CompileGateOperator
+
+    bag = DagBag(dag_folder=str(DAGS))
+    gated = {name for name in STEP_BUILDERS}
+    seen = set()
+    for dag_id in ("xgen_end_to_end", "xgen_pretrain", "xgen_length_extension", "xgen_posttrain"):
+        dag = bag.get_dag(dag_id)
+        for task in dag.tasks:
+            stage = getattr(task, "stage", None)
+            if stage is None or isinstance(task, CompileGateOperator):
+                continue
+            check = f"{stage.name}_compile_check"
+            if stage.resources == "tpu" and stage.name in gated:
+                gate = dag.get_task(check)
+                assert isinstance(gate, CompileGateOperator) and gate.stage.name == stage.name
+                assert check in task.upstream_task_ids
+                assert gate.upstream_task_ids == set()  # runs at the start of the run, not after the data stages
+                assert gate.downstream_task_ids == {stage.name}
+                assert gate.retries == 0
+                seen.add(stage.name)
+            else:
+                assert check not in dag.task_ids
+    assert {"pretrain", "extend_32k", "extend_128k"} <= seen == gated & seen
 
 
 def test_params_are_checked_by_json_schema(airflow_db):

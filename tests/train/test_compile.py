@@ -14,8 +14,8 @@ from xgen_core.train import compile as aot
 TOPOLOGY = "v5p:2x2x1"
 
 
-def _compile(*overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "xgen_core.cli", "train", "compile", "--profile", "tiny", "--stage", "pretrain",
+def _compile(*overrides: str, stage: str = "pretrain") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "xgen_core.cli", "train", "compile", "--profile", "tiny", "--stage", stage,
                "--topology", TOPOLOGY, "--json", *overrides]
     env = {key: value for key, value in os.environ.items() if key not in ("JAX_PLATFORMS", "XLA_FLAGS")}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -42,6 +42,15 @@ def absurd_batch(fitting):
     return done, _report(done)
 
 
+@pytest.fixture(scope="module")
+def extension():
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    # extend_128k's 8,192-token rows, one per step, split over the slice's 4 chips (2,048 tokens each)
+    done = _compile("train_run.context_parallel.extend_128k=4", stage="extend_128k")
+    return done, _report(done)
+
+
 def test_tiny_pretrain_step_compiles_for_v5p_and_fits(fitting):
     done, report = fitting
     assert done.returncode == 0, done.stderr[-3000:]
@@ -53,7 +62,7 @@ def test_tiny_pretrain_step_compiles_for_v5p_and_fits(fitting):
     assert {"arguments", "outputs", "temporaries", "total"} <= set(report["bytes"])
     assert 0 < report["bytes"]["arguments"] <= report["bytes"]["total"] < report["hbm_bytes"] == 95 * 1024**3
     assert report["tokens_per_step"] == 16 * 256
-    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}  # fsdp -1 sized to the slice
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "context": 1, "tensor": 1}  # fsdp -1 sized to the slice
 
 
 def test_pallas_splash_kernel_is_what_was_compiled(fitting):
@@ -101,3 +110,49 @@ def test_implied_step_time_at_peak_and_half_peak():
     assert implied["step_seconds"]["mfu_50"] == pytest.approx(2 * implied["step_seconds"]["mfu_100"])
     assert implied["tokens_per_s_per_chip"]["mfu_50"] == pytest.approx(
         4096 * 1024 / implied["step_seconds"]["mfu_50"] / 1024)
+
+
+def test_the_extension_step_compiles_with_each_sequence_split_over_the_slice(extension):
+    done, report = extension
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (report["stage"], report["fits"]) == ("extend_128k", True)
+    assert report["mesh"] == {"data": 1, "fsdp": 1, "context": 4, "tensor": 1}
+    assert report["attention_impl"] == "blockwise"  # the kernel that runs under context parallelism
+    assert report["tokens_per_step"] == 1 * 8192
+    assert 0 < report["bytes"]["total"] < report["hbm_bytes"]
+    assert report["flops_per_step"] is None and report["flops_method"].startswith("not counted: context")
+
+
+def test_an_extension_batch_that_cannot_split_is_a_clear_error():
+    # one 8,192-token row cannot split over 4 data x fsdp devices: the error names the context-parallel key
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile(stage="extend_128k")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "extend_128k.batch_size 1" in done.stderr and "train_run.context_parallel.extend_128k = 1" in done.stderr
+
+
+@pytest.mark.parametrize("stage, overrides, rows, tokens", [
+    ("sft", (), 16, 16 * 256),  # tiny: 16 packed rows of 256 + 1 tokens
+    ("dpo", ("dpo.max_len=256",), 2 * 16, 2 * 16 * 256),  # chosen and rejected rows, read 256 positions each
+])
+def test_post_training_steps_compile_for_v5p_and_fit(stage, overrides, rows, tokens):
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile("--memory-only", *overrides, stage=stage)
+    report = _report(done)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (report["stage"], report["fits"], report["attention_impl"]) == (stage, True, "splash")
+    assert report["tokens_per_step"] == tokens
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "context": 1, "tensor": 1}
+    assert 0 < report["bytes"]["arguments"] < report["bytes"]["total"] < report["hbm_bytes"]
+    assert report["bytes"]["aliased"] > 0.9 * report["bytes"]["outputs"]  # the state is donated as in training
+
+
+def test_a_dpo_row_the_pallas_kernel_cannot_take_is_caught_here():
+    # tiny's dpo.max_len 160 is fine for XLA attention on a CPU; splash on a TPU needs multiples of 128
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile("--memory-only", stage="dpo")
+    assert done.returncode == 2
+    assert "Pallas attention needs a sequence length that is a multiple of 128, got 160" in done.stderr

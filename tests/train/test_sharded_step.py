@@ -81,7 +81,7 @@ def test_sharded_parameters_match_single_device_under_sgd(comparison):
 def test_parameters_and_moments_are_split_over_fsdp_and_tensor(comparison):
     result = comparison["adamw"]
     specs, comparison = result["sharded_specs"], result
-    assert specs["layers/mlp/gate"] == "P(None, 'fsdp', 'tensor')"
-    assert specs["layers/attention/k"] == "P(None, 'fsdp', 'tensor', None)"
-    assert specs["embedding"] == "P('tensor', 'fsdp')"
+    assert specs["layers/mlp/gate"] == "P(None, ('fsdp', 'context'), 'tensor')"
+    assert specs["layers/attention/k"] == "P(None, ('fsdp', 'context'), 'tensor', None)"
+    assert specs["embedding"] == "P('tensor', ('fsdp', 'context'))"
     assert "fsdp" in comparison["mu_spec"] or "tensor" in comparison["mu_spec"]

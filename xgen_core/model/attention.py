@@ -19,6 +19,7 @@ import numpy as np
 
 from xgen_core.errors import XgenError
 from xgen_core.model.blockwise import blockwise_attention
+from xgen_core.model.context_parallel import context_parallel_attention_at
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "flash", "blockwise")
 PLATFORM_OF_IMPL = {"cudnn": "gpu", "splash": "tpu", "flash": "tpu"}
@@ -38,12 +39,16 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
     return impl
 
 
-def attention(q, k, v, segment_ids, *, impl: str = "auto"):
+def attention(q, k, v, segment_ids, *, impl: str = "auto", row_indices=None):
     """Per-document causal attention with the implementation `impl` (auto, xla, cudnn, splash, flash, blockwise).
 
     blockwise (xgen_core/model/blockwise.py) is the portable kernel whose memory is linear in length. A named kernel
     was checked against its target platform where the model was built (build_model), which for an ahead-of-time TPU
-    compile is not this process's backend; only "auto" is resolved here."""
+    compile is not this process's backend; only "auto" is resolved here. `row_indices` (given by the decoder when
+    the mesh splits the sequence over a context axis) means rows in the context axis's order: context-parallel
+    blockwise attention, whatever `impl`."""
+    if row_indices is not None:
+        return context_parallel_attention_at(q, k, v, segment_ids, row_indices)
     if impl == "auto" or impl not in IMPLEMENTATIONS:
         impl = resolve_impl(impl)
     if impl == "blockwise":

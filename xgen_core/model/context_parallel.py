@@ -11,8 +11,14 @@ into 2 x cp chunks and device r holds chunk r and its mirror image 2 x cp - 1 - 
 work. The reorder is a fixed permutation applied before the shard_map and undone after it; since masks are
 built from row indices and segment ids that travel with the tokens, the result is the single-device result.
 
-`context_parallel_attention` is the portable (any backend) path; on TPU / GPU the Pallas / cuDNN kernels would
-be called under the same shard_map with the gathered keys, never directly under a sharded jit.
+`context_parallel_attention` takes rows in natural order and reorders around each call. The decoder
+(xgen_core/model/decoder.py) instead reorders its input tokens once when the mesh in force has a `context` axis of
+more than one device, passes the row indices down, calls `context_parallel_attention_at` in every layer and restores
+the order once before the output head: one permutation per step instead of four per layer.
+
+The local kernel is the portable blockwise one on every backend (on a TPU it compiles through XLA): the splash
+kernel's masks are static per call, and a device's load-balanced queries need masks that depend on which device
+it is, so a Pallas kernel would need a mask per shard (MaxText's load-balanced causal mask); not built here.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from jax.sharding import PartitionSpec as P
 
 from xgen_core.errors import XgenError
 from xgen_core.model.blockwise import DEFAULT_BLOCK, blockwise_attention_at
+
+CONTEXT_AXIS = "context"
+
+
+def context_shards() -> int:
+    """Devices along the context axis of the mesh in force (1 outside a mesh or without that axis)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else dict(mesh.shape).get(CONTEXT_AXIS, 1)
 
 
 def load_balanced_order(seq_len: int, shards: int) -> np.ndarray:
@@ -76,3 +90,20 @@ def _local_attention(q, k, v, segment_ids, indices, *, axis: str, block: int):
         q, gather(k), gather(v), segment_ids, gather(segment_ids), indices, gather(indices),
         block_q=block, block_kv=block,
     )
+
+
+def context_parallel_attention_at(q, k, v, segment_ids, row_indices, *, block: int = DEFAULT_BLOCK):
+    """Attention of rows already in the context axis's order (`load_balanced_order`), with `row_indices` (batch,
+    len) their positions in the row, under the mesh in force: split as the logical rules split activations
+    (batch over the batch axes, length over `context`, heads over `tensor`)."""
+    import flax.linen as nn
+
+    heads_spec = nn.logical_to_mesh_axes(("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+    tokens_spec = nn.logical_to_mesh_axes(("activation_batch", "activation_length"))
+    local_block = min(block, q.shape[1] // context_shards())
+    sharded = jax.shard_map(
+        functools.partial(_local_attention, axis=CONTEXT_AXIS, block=local_block),
+        in_specs=(heads_spec, heads_spec, heads_spec, tokens_spec, tokens_spec), out_specs=heads_spec,
+        check_vma=False,  # as in context_parallel_attention
+    )
+    return sharded(q, k, v, segment_ids, row_indices)

@@ -92,8 +92,8 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x, rope, segment_ids):
-        """`rope`: the (sin, cos) tables of `rope_tables` for this row's positions."""
+    def __call__(self, x, rope, segment_ids, row_indices=None):
+        """`rope`: the (sin, cos) tables of `rope_tables` for this row's positions; `row_indices`: see attention()."""
         d_model, cd = x.shape[-1], self.compute_dtype
         init = fan_in_init()
         wq = logical_param(self, "q", (d_model, self.n_q_heads, self.head_dim), ("embed", "q_heads", "kv"),
@@ -109,6 +109,6 @@ class SelfAttention(nn.Module):
         k = apply_rope(k, rope)
         heads = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         q = nn.with_logical_constraint(q, heads)
-        out = attention(q, k, v, segment_ids, impl=self.attention_impl)
+        out = attention(q, k, v, segment_ids, impl=self.attention_impl, row_indices=row_indices)
         out = nn.with_logical_constraint(out, heads)
         return dense(out, wo, cd, contract=2)

@@ -64,6 +64,32 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
                             "rejected_reward": jnp.mean(beta * (policy_rejected - ref_rejected))}
 
 
+def pair_loss(model, beta: float, fields: tuple[str, ...]):
+    """loss_fn(params, batch) of the DPO step: the batch holds the chosen rows, then the rejected ones, and the
+    reference log-probabilities of both."""
+
+    def loss_fn(params, batch_rows):
+        sequences = {k: batch_rows[k] for k in fields}
+        logprobs = policy_logprobs(model, params, sequences)
+        half = logprobs.shape[0] // 2
+        return dpo_loss(logprobs[:half], logprobs[half:], batch_rows["ref_chosen"], batch_rows["ref_rejected"], beta)
+
+    return loss_fn
+
+
+def compile_target(cfg, devices, n_layers: int | None = None):
+    """The DPO step for `xgen train compile`: batch_size chosen and batch_size rejected rows of max_len + 1 tokens
+    as tokenize_pairs makes them (the reference log-probabilities are inputs: computed once before training)."""
+    from xgen_core.posttrain.engine import compile_target as posttrain_target
+
+    settings = cfg.dpo
+    fields = ("tokens", "segment_ids", "positions", "completion_mask")
+    rows = {name: (2 * settings.batch_size, settings.max_len + 1) for name in fields}
+    rows.update(ref_chosen=(settings.batch_size,), ref_rejected=(settings.batch_size,))
+    return posttrain_target(cfg, devices, n_layers, "dpo", lambda model: pair_loss(model, settings.beta, fields),
+                            rows, 2 * settings.batch_size * settings.max_len, settings.weight_decay)
+
+
 def tokenize_pairs(rows: list[dict], template: ChatTemplate, max_len: int, quarantine: Quarantine):
     """Stacked chosen and rejected sequences, and the categories of the pairs that fit `max_len`."""
     chosen, rejected, categories = [], [], []
@@ -73,8 +99,10 @@ def tokenize_pairs(rows: list[dict], template: ChatTemplate, max_len: int, quara
         if len(prompt) + max(len(good), len(bad)) > max_len:
             quarantine.add("too_long", f"pair {index}", {"prompt": row["prompt"][:200]})
             continue
-        chosen.append(completion_rows(prompt, good, max_len))
-        rejected.append(completion_rows(prompt, bad, max_len))
+        # One column more than the longest sequence: the model reads max_len positions (inputs drop the last
+        # token), a multiple of 128 as the TPU's Pallas kernels need for the shipped max_len (xgen train compile).
+        chosen.append(completion_rows(prompt, good, max_len + 1))
+        rejected.append(completion_rows(prompt, bad, max_len + 1))
         categories.append(row.get("category") or "uncategorized")
     stack = lambda seqs: {k: np.stack([s[k] for s in seqs]) for k in seqs[0]} if seqs else {}
     return stack(chosen), stack(rejected), categories
@@ -164,12 +192,7 @@ def dpo(init_uri: str, out_uri: str, settings: DpoConfig, train: TrainConfig, me
         both = {k: np.concatenate([chosen[k][indices], rejected[k][indices]]) for k in chosen}
         return {**both, "ref_chosen": reference["chosen"][indices], "ref_rejected": reference["rejected"][indices]}
 
-    def loss_fn(params, batch_rows):
-        sequences = {k: batch_rows[k] for k in chosen}
-        logprobs = policy_logprobs(model, params, sequences)
-        half = logprobs.shape[0] // 2
-        return dpo_loss(logprobs[:half], logprobs[half:], batch_rows["ref_chosen"], batch_rows["ref_rejected"], beta)
-
+    loss_fn = pair_loss(model, beta, tuple(chosen))
     example = pair_batch(train_index[:1].repeat(batch))
     train_step = trainer.compile_step(loss_fn, example)
 

@@ -111,18 +111,8 @@ class Trainer:
 
     def compile_step(self, loss_fn: Callable, example_batch: dict):
         """jit (state, batch) -> (state, metrics) for `loss_fn(params, batch) -> (loss, metrics dict)`."""
-        tx, schedule = self.tx, self.schedule
-
-        def step(state: TrainState, batch: dict):
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                      opt_state=opt_state)
-            return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
-
-        compiled = jax.jit(step, in_shardings=(self.shardings, self.batch_shardings(example_batch)),
-                           out_shardings=(self.shardings, mesh_lib.replicated(self.mesh)), donate_argnums=0)
-        return _under_mesh(compiled, self.mesh)
+        return make_step(loss_fn, self.tx, self.schedule, self.mesh, self.shardings,
+                         self.batch_shardings(example_batch))
 
     def compile_eval(self, fn: Callable, example_batch: dict):
         """jit (params, batch) -> replicated outputs."""
@@ -168,6 +158,62 @@ class Trainer:
 
     def write_json(self, name: str, value) -> None:
         (self.out / name).write_text(json.dumps(value, indent=2, sort_keys=True, default=_plain))
+
+
+def make_step(loss_fn: Callable, tx, schedule, mesh, shardings: TrainState, batch_shardings: dict):
+    """The post-training step (what Trainer.compile_step and `xgen train compile` build): state donated."""
+
+    def step(state: TrainState, batch: dict):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
+
+    compiled = jax.jit(step, in_shardings=(shardings, batch_shardings),
+                       out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+    return _under_mesh(compiled, mesh)
+
+
+def compile_target(cfg, devices, n_layers, section: str, make_loss: Callable, batch_fields: dict,
+                   tokens_per_step: int, weight_decay: float):
+    """A post-training stage's step for `xgen train compile`: the model of the stage it starts from (the config's
+    architecture with the last length extension's RoPE base and maximum length, as the stage table chains them),
+    pretraining's optimizer chain, the training mesh, and `batch_fields` (name -> shape, int32 or float32 by
+    name) split over the batch axes; `make_loss(model)` is the stage's own loss."""
+    from xgen_core.model.info import training_flops_per_token
+    from xgen_core.train.compile import CompileTarget
+    from xgen_core.train.loop import build_model
+
+    longest = cfg.extend_128k
+    model = build_model(cfg.model, cfg.tokenizer.vocab_size, platform=devices[0].platform, n_layers=n_layers,
+                        rope_theta=longest.rope_theta, max_seq_len=longest.max_seq_len)
+    schedule = warmup_cosine(1e-6, 1, 2, 0.1)  # values do not change the program
+    tx = optimizer(cfg.train, schedule, weight_decay)
+    mesh_config = cfg.train_run.mesh
+    mesh = mesh_lib.make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
+    shardings = state_shardings(model, tx, mesh)
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = next(iter(batch_fields.values()))[0]
+    if rows % batch_devices:
+        raise XgenError(f"{section}: {rows} rows per step do not split over data x fsdp = {batch_devices} devices")
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if name.startswith("ref_") else jnp.int32,
+                                        sharding=mesh_lib.batch_sharding(mesh, len(shape)))
+             for name, shape in batch_fields.items()}
+    state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                         abstract_state(model, tx), shardings)
+    seq_len = next(iter(batch_fields.values()))[1] - 1
+    hints = (f"{section}.batch_size: {rows} rows of {seq_len + 1} tokens per step, {rows // batch_devices} per "
+             f"data x fsdp device",
+             f"model.remat (now {str(cfg.model.remat).lower()}): true keeps one activation per layer",
+             "train_run.mesh.fsdp / train_run.mesh.tensor: parameters and optimizer state split over fsdp x tensor",
+             "a slice with more chips (--topology)")
+    return CompileTarget(
+        step=make_step(make_loss(model), tx, schedule, mesh, shardings, {k: v.sharding for k, v in batch.items()}),
+        args=(state, batch), arg_names=("state", "batch"), tokens_per_step=tokens_per_step,
+        model_flops_per_step=training_flops_per_token(model.spec, seq_len) * tokens_per_step,
+        n_layers=model.spec.n_layers, scan_layers=cfg.model.scan_layers, loop_trips=1, mesh_axes=dict(mesh.shape),
+        attention_impl=model.attention_impl, shrink_hints=hints)
 
 
 def last_step_of(total_steps: int, run: PosttrainRunConfig) -> int:

@@ -33,6 +33,27 @@ def forward(model, params, rows: dict):
     return model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
 
 
+def sft_loss(model):
+    """loss_fn(params, rows) -> (mean assistant-token loss, metrics) of the SFT step."""
+
+    def loss_fn(params, rows):
+        loss_sum, count = assistant_loss(forward(model, params, rows), rows)
+        return loss_sum / jnp.maximum(count, 1.0), {"assistant_tokens": count}
+
+    return loss_fn
+
+
+def compile_target(cfg, devices, n_layers: int | None = None):
+    """The SFT step for `xgen train compile`: batch_size packed rows of seq_len + 1 tokens."""
+    from xgen_core.posttrain.engine import compile_target as posttrain_target
+
+    settings = cfg.sft
+    shape = (settings.batch_size, settings.seq_len + 1)
+    return posttrain_target(cfg, devices, n_layers, "sft", sft_loss,
+                            {name: shape for name in ("tokens", "segment_ids", "positions", "loss_mask")},
+                            settings.batch_size * settings.seq_len, settings.weight_decay)
+
+
 def render_rows(rows: list[dict], template: ChatTemplate, seq_len: int, quarantine: Quarantine):
     """(ids, loss mask, category) of each conversation that fits a packed row."""
     rendered = []
@@ -98,10 +119,7 @@ def sft(init_uri: str, out_uri: str, settings: SftConfig, train: TrainConfig, me
     trainer = Trainer(policy, tx, schedule, mesh, run, out_uri, settings.seed, log)
     model = policy.model
 
-    def loss_fn(params, rows):
-        loss_sum, count = assistant_loss(forward(model, params, rows), rows)
-        return loss_sum / jnp.maximum(count, 1.0), {"assistant_tokens": count}
-
+    loss_fn = sft_loss(model)
     example = step_rows(packed, settings.batch_size, settings.seed, 0)
     train_step = trainer.compile_step(loss_fn, example)
     eval_step = trainer.compile_eval(lambda params, rows: assistant_loss(forward(model, params, rows), rows), example)

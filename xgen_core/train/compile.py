@@ -43,6 +43,10 @@ CHIPS = {
 # Stage name -> "module:function" building its CompileTarget; imported only when that stage is compiled.
 STEP_BUILDERS: dict[str, str] = {
     "pretrain": "xgen_core.train.loop:pretrain_compile_target",
+    "extend_32k": "xgen_core.train.extend:compile_target_32k",
+    "extend_128k": "xgen_core.train.extend:compile_target_128k",
+    "sft": "xgen_core.posttrain.sft:compile_target",
+    "dpo": "xgen_core.posttrain.dpo:compile_target",
 }
 
 
@@ -167,6 +171,10 @@ def compiled_flops_per_step(builder: Callable, cfg, devices: list, target: Compi
     unrolled: f(1) + (L - 1) x (f(2) - f(1)).
     """
     trips, count = target.loop_trips, len(devices)
+    if target.mesh_axes.get("context", 1) > 1:
+        # The copies would need XLA attention, which cannot split a sequence, and the blockwise kernel's block
+        # loops are counted once by XLA whatever their trip counts.
+        return None, "not counted: context parallelism (blockwise attention in loops XLA counts once)"
     if not target.scan_layers and target.attention_impl == "xla":
         return compiled.flops_per_device * trips * count, "the compiled step"
     model = cfg.model.model_copy(update={"scan_layers": False, "attention_impl": "xla"})

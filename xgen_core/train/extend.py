@@ -167,7 +167,7 @@ def _run(ctx, stage: str, previous: str) -> dict:
     model_config = cfg.model.model_copy(update={"attention_impl": settings.attention_impl})
     summary = pretrain(data_uri, ctx.output, model_config, extension_train_config(cfg, settings), cfg.train_run,
                        {stage: settings.tokens}, vocab_size=tokenizer_config["vocab_size"], log=ctx.log,
-                       continuation=continuation)
+                       continuation=continuation, context_parallel=cfg.train_run.context_parallel.get(stage, 1))
     return {
         "counts": {"steps": summary["last_step"], "stage_steps": summary["total_steps"]},
         "complete": summary["last_step"] >= summary["total_steps"],
@@ -184,3 +184,30 @@ def run_32k(ctx) -> dict:
 def run_128k(ctx) -> dict:
     """The `extend_128k` stage: from extend_32k's final parameters."""
     return _run(ctx, "extend_128k", previous="extend_32k")
+
+
+def _compile_target(cfg, devices, n_layers, stage: str):
+    """The stage's train step as `_run` builds it, over abstract inputs, for `xgen train compile`: the
+    continuation's RoPE base and maximum length, the stage's batch and schedule, its context parallelism."""
+    from xgen_core.train.loop import Continuation, train_step_compile_target
+    from xgen_core.train.schedule import StagePlan
+
+    settings: ExtendConfig = getattr(cfg, stage)
+    continuation = Continuation(init_run_uri="", rope_theta=settings.rope_theta, max_seq_len=settings.max_seq_len,
+                                warmup_steps=settings.warmup_steps, eval_rows=settings.eval_rows)
+    tokens_per_step = settings.batch_size * settings.seq_len
+    steps = max(1, -(-settings.tokens // tokens_per_step))
+    plans = [StagePlan(stage, settings.tokens, settings.seq_len, 0, steps, tokens_per_step)]
+    model_config = cfg.model.model_copy(update={"attention_impl": settings.attention_impl})
+    return train_step_compile_target(
+        cfg, devices, n_layers, model_config, extension_train_config(cfg, settings), plans, settings.seq_len,
+        continuation=continuation, context_parallel=cfg.train_run.context_parallel.get(stage, 1),
+        section=stage, context_key=f"train_run.context_parallel.{stage}")
+
+
+def compile_target_32k(cfg, devices, n_layers: int | None = None):
+    return _compile_target(cfg, devices, n_layers, "extend_32k")
+
+
+def compile_target_128k(cfg, devices, n_layers: int | None = None):
+    return _compile_target(cfg, devices, n_layers, "extend_128k")

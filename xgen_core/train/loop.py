@@ -92,11 +92,13 @@ class PretrainStep:
 
 def build_pretrain_step(model_config: ModelConfig, train: TrainConfig, mesh_config: MeshConfig, plans,
                         vocab_size: int, devices=None, n_layers: int | None = None,
-                        continuation: Continuation | None = None) -> PretrainStep:
+                        continuation: Continuation | None = None, context_parallel: int = 1) -> PretrainStep:
     """Model, optimizer, mesh over `devices` (default: all local JAX devices), shardings and the train step: the
-    curriculum schedule, or a continuation's own RoPE base and warm-up + decay schedule."""
+    curriculum schedule, or a continuation's own RoPE base and warm-up + decay schedule. `context_parallel`
+    devices split each sequence (train_run.context_parallel), which runs the blockwise kernel."""
     devices = jax.devices() if devices is None else list(devices)
     platform = devices[0].platform
+    model_config = _context_parallel_model(model_config, context_parallel)
     if continuation is None:
         model = build_model(model_config, vocab_size, platform=platform, n_layers=n_layers)
         schedule = curriculum_schedule(plans, train.peak_lr, train.slow_decay_end_ratio, train.final_lr_ratio)
@@ -107,9 +109,22 @@ def build_pretrain_step(model_config: ModelConfig, train: TrainConfig, mesh_conf
                                          train.final_lr_ratio)
     tx = make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
                         weight_decay=train.weight_decay, grad_clip=train.grad_clip)
-    mesh = mesh_lib.make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
+    mesh = mesh_lib.make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices,
+                              context=context_parallel)
     shardings = state_shardings(model, tx, mesh)
     return PretrainStep(model, tx, schedule, mesh, shardings, make_train_step(model, tx, schedule, mesh, shardings))
+
+
+def _context_parallel_model(model_config: ModelConfig, context_parallel: int) -> ModelConfig:
+    """Under context parallelism attention is the blockwise kernel under shard_map (xgen_core/model/
+    context_parallel.py): `auto` means that kernel, and a named other kernel is refused rather than ignored."""
+    if context_parallel == 1:
+        return model_config
+    if model_config.attention_impl not in ("auto", "blockwise"):
+        raise XgenError(f"context parallelism over {context_parallel} devices runs the blockwise attention kernel; "
+                        f"attention_impl {model_config.attention_impl!r} cannot split a sequence: set it to auto "
+                        f"or blockwise, or train_run.context_parallel for this stage to 1")
+    return model_config.model_copy(update={"attention_impl": "blockwise"})
 
 
 def read_packed_stages(pack_uri: str) -> dict:
@@ -170,7 +185,7 @@ class Evaluator:
 
 def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: TrainConfig, runtime: TrainRunConfig,
              stage_tokens: dict[str, int], vocab_size: int, log=print, on_step=None,
-             continuation: Continuation | None = None) -> dict:
+             continuation: Continuation | None = None, context_parallel: int = 1) -> dict:
     """Train (or resume) up to the end of the curriculum, or to step `runtime.max_steps` if that comes first.
 
     `train` (the `train` section) decides the trained model; `runtime` (`train_run`: mesh, cadences, the
@@ -180,7 +195,8 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     Checkpoints go to `out_uri`/checkpoints (local or gs://); metrics.jsonl, TensorBoard events, the LR
     plot and summary.json are written locally and, for a gs:// run, uploaded at every checkpoint.
     `on_step(record)` is called after each step's metrics are written (progress reporting, fault drills).
-    With `continuation` the run starts from another run's parameters instead (see Continuation).
+    With `continuation` the run starts from another run's parameters instead (see Continuation);
+    `context_parallel` devices split each sequence (see build_pretrain_step).
     """
     configure_cpu_training()  # a no-op when the stage runner did it before importing JAX
     mesh_lib.maybe_initialize_distributed(runtime.mesh.distributed)
@@ -201,7 +217,8 @@ def pretrain(pack_uri: str, out_uri: str, model_config: ModelConfig, train: Trai
     if train.batch_size % (train.grad_accum_steps * jax.process_count()):
         raise XgenError("train.batch_size must divide by grad_accum_steps x the number of hosts")
 
-    setup = build_pretrain_step(model_config, train, runtime.mesh, plans, vocab_size, continuation=continuation)
+    setup = build_pretrain_step(model_config, train, runtime.mesh, plans, vocab_size, continuation=continuation,
+                                context_parallel=context_parallel)
     model, tx, schedule, mesh, shardings, train_step = (
         setup.model, setup.tx, setup.schedule, setup.mesh, setup.shardings, setup.train_step)
     loader = CurriculumLoader(
@@ -410,41 +427,55 @@ def _initial_or_restored_state(checkpointer, model, tx, mesh, shardings, loader,
 
 def pretrain_compile_target(cfg, devices, n_layers: int | None = None):
     """The pretrain step as the trainer builds it, over abstract inputs, for `xgen train compile`."""
-    from xgen_core.train.compile import CompileTarget
     from xgen_core.train.schedule import schedule_for
+
+    plans, _ = schedule_for(cfg.curriculum(), cfg.pack.seq_len, cfg.train)
+    return train_step_compile_target(cfg, devices, n_layers, cfg.model, cfg.train, plans, cfg.pack.seq_len,
+                                     context_parallel=cfg.train_run.context_parallel.get("pretrain", 1))
+
+
+def train_step_compile_target(cfg, devices, n_layers, model_config: ModelConfig, train: TrainConfig, plans,
+                              seq_len: int, continuation: Continuation | None = None, context_parallel: int = 1,
+                              section: str = "train", context_key: str = "train_run.context_parallel.pretrain"):
+    """A step of the pretraining loop (pretrain, or a length extension's continuation) built by
+    build_pretrain_step over abstract inputs: what the trainer compiles, allocating nothing."""
+    from xgen_core.train.compile import CompileTarget
     from xgen_core.train.step import abstract_train_inputs
 
-    train, seq_len = cfg.train, cfg.pack.seq_len
-    plans, _ = schedule_for(cfg.curriculum(), seq_len, train)
-    setup = build_pretrain_step(cfg.model, train, cfg.train_run.mesh, plans, cfg.tokenizer.vocab_size,
-                                devices=devices, n_layers=n_layers)
+    setup = build_pretrain_step(model_config, train, cfg.train_run.mesh, plans, cfg.tokenizer.vocab_size,
+                                devices=devices, n_layers=n_layers, continuation=continuation,
+                                context_parallel=context_parallel)
     mesh_axes = dict(setup.mesh.shape)
     batch_devices = mesh_axes["data"] * mesh_axes["fsdp"]
     micro_rows, remainder = divmod(train.batch_size, train.grad_accum_steps)
     if remainder or micro_rows % batch_devices:
-        raise XgenError(f"train.batch_size {train.batch_size} / grad_accum_steps {train.grad_accum_steps} must give "
-                        f"micro-batches that split evenly over data x fsdp = {batch_devices} devices")
+        raise XgenError(f"{section}.batch_size {train.batch_size} / grad_accum_steps {train.grad_accum_steps} must give "
+                        f"micro-batches that split evenly over data x fsdp = {batch_devices} devices (with "
+                        f"{context_key} = {context_parallel} devices per sequence)")
     state, batch = abstract_train_inputs(setup.model, setup.tx, setup.mesh, setup.shardings,
                                          train.grad_accum_steps, micro_rows, seq_len + 1)
     spec = setup.model.spec
     tokens = train.batch_size * seq_len
+    rows_per_device = micro_rows // batch_devices
     hints = (
-        f"train.grad_accum_steps (now {train.grad_accum_steps}, {micro_rows // batch_devices} row(s) of {seq_len} "
-        f"tokens per device per micro-batch): more micro-batches hold fewer activations at once; "
-        f"train.batch_size (now {train.batch_size}) changes the trained model",
-        f"model.remat (now {str(cfg.model.remat).lower()}): true keeps one activation per layer and recomputes "
+        f"{section}.grad_accum_steps (now {train.grad_accum_steps}, {rows_per_device} row(s) of {seq_len} tokens per "
+        f"data x fsdp device per micro-batch): more micro-batches hold fewer activations at once; "
+        f"{section}.batch_size (now {train.batch_size}) changes the trained model",
+        f"model.remat (now {str(model_config.remat).lower()}): true keeps one activation per layer and recomputes "
         f"the rest in the backward pass",
+        f"{context_key} (now {context_parallel}): devices that split each sequence (each holds 1/{context_parallel} "
+        f"of a row's activations)",
         f"train_run.mesh.fsdp / train_run.mesh.tensor (now data {mesh_axes['data']}, fsdp {mesh_axes['fsdp']}, "
-        f"tensor {mesh_axes['tensor']}): parameters and optimizer state split over fsdp x tensor devices; "
-        f"data replicates them",
+        f"tensor {mesh_axes['tensor']}): parameters and optimizer state split over fsdp x context x tensor "
+        f"devices; data replicates them",
         "a slice with more chips (--topology)",
     )
     return CompileTarget(
         step=setup.train_step, args=(state, batch), arg_names=("state", "batch"), tokens_per_step=tokens,
         model_flops_per_step=training_flops_per_token(spec, seq_len) * tokens, n_layers=spec.n_layers,
-        scan_layers=cfg.model.scan_layers, loop_trips=train.grad_accum_steps, mesh_axes=mesh_axes,
+        scan_layers=model_config.scan_layers, loop_trips=train.grad_accum_steps, mesh_axes=mesh_axes,
         attention_impl=setup.model.attention_impl, shrink_hints=hints,
-        activations=_pretrain_activations(spec, cfg.model, micro_rows // batch_devices, seq_len,
+        activations=_pretrain_activations(spec, model_config, rows_per_device, seq_len // context_parallel,
                                           mesh_axes["tensor"]),
     )
 
