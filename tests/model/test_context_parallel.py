@@ -1,13 +1,9 @@
 """Context-parallel attention on 8 fake CPU devices equals one device, output and gradients, with packed documents."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
+from tests.fake_devices import run_on_fake_devices
 from xgen_core.errors import XgenError
 from xgen_core.model.context_parallel import load_balanced_order
 
@@ -55,10 +51,7 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def differences():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices(SCRIPT)
 
 
 @pytest.mark.parametrize("layout", ["context8_balanced", "context8_contiguous", "data2_context4_balanced"])

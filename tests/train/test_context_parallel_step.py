@@ -1,11 +1,8 @@
 """The train step with each sequence split over a `context` mesh axis (8 fake CPU devices) matches one device."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.fake_devices import run_on_fake_devices
 
 SCRIPT = r"""
 import json
@@ -49,10 +46,7 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def comparison():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices(SCRIPT)
 
 
 def test_context_parallel_train_steps_match_one_device(comparison):

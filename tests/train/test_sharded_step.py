@@ -1,11 +1,8 @@
 """The same train steps on 8 fake CPU devices (data x fsdp x tensor = 2 x 2 x 2) match one device."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.fake_devices import run_on_fake_devices
 
 SCRIPT = r"""
 import json
@@ -59,10 +56,7 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def comparison():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices(SCRIPT)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])

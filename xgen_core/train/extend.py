@@ -99,8 +99,8 @@ def retrieval_documents(count_tokens: Callable[[str], int], haystack_texts: list
 
 
 def extension_documents(mixture_uri: str, curriculum: list[str], settings: ExtendConfig, chars_per_token: float,
-                        heldout_fraction: float, count_tokens: Callable[[str], int] | None = None,
-                        seed: str = "") -> Iterator[tuple[str, str]]:
+                        heldout_fraction: float, count_tokens: Callable[[str], int],
+                        seed: str) -> Iterator[tuple[str, str]]:
     """The stage's mixture: long documents from every curriculum stage's documents (each once), mixed with the
     short documents (with the mixture's repeats) of `settings.short_stages`, and with retrieval documents when
     `retrieval_share` > 0 (their haystacks from training documents; `count_tokens` measures their length)."""
@@ -120,8 +120,6 @@ def extension_documents(mixture_uri: str, curriculum: list[str], settings: Exten
     mixed = mix_by_characters(long, short_rows(), settings.long_share)
     if not settings.retrieval_share:
         return mixed
-    if count_tokens is None:
-        raise XgenError("retrieval documents need the tokenizer's count_tokens")
     training = (text for text, cluster, _ in corpus_rows() if not is_heldout_cluster(cluster, heldout_fraction))
     haystack = list(itertools.islice(training, RETRIEVAL_HAYSTACK_DOCUMENTS))
     retrieval = retrieval_documents(count_tokens, haystack, settings, seed)
