@@ -13,6 +13,11 @@ export AIRFLOW__CORE__DAGS_FOLDER   := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYSPARK_PYTHON               := $(CURDIR)/$(PY)
 export SPARK_LOCAL_IP               := 127.0.0.1
+# Every stage, Spark Python worker and test is a fresh interpreter: where the shell sets PYTHONDONTWRITEBYTECODE each
+# one compiles jax, pandas, pyarrow... from source again (~3 CPU-s a Spark worker). Writing .pyc lazily compiles only
+# the ~3,400 modules the pipeline imports, once (~6 CPU-s), where `uv sync --compile-bytecode` compiled all ~26,000
+# (48 s on 2 cores).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help env run test test-fast test-services airflow clean
 
@@ -25,10 +30,8 @@ help:
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_PIN)
 
-# --compile-bytecode: every Spark Python worker imports pyarrow, pandas and numpy; without .pyc files (sessions that
-# set PYTHONDONTWRITEBYTECODE) each worker compiles them again, ~3 CPU-seconds a worker.
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --compile-bytecode --extra tpu --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it; tpu: libtpu for `xgen train compile`
+	$(UV) sync --frozen --extra tpu --reinstall-package fasttext-numpy2-wheel  # heals venvs where fasttext-predict overwrote it; tpu: libtpu for `xgen train compile`
 	$(PY) -m xgen_core.data.spark_cds  # class archive for fast local Spark drivers (once per environment)
 	@touch $@
 
