@@ -6,6 +6,7 @@ argv through the `local` backend. Skipped, with the reason, where podman cannot 
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -30,11 +31,15 @@ RUN_SPECIFIC = ("started_at", "finished_at", "uri")
 def docker_url(tmp_path_factory):
     """The Docker API of `podman system service` with the pipeline image built (the base image made first where
     the cache has none)."""
+    started = time.monotonic()
     why_not = podman.why_podman_cannot_run() or podman.ensure_base_image()
     if why_not:
         pytest.skip(f"podman cannot run containers here: {why_not}")
+    base_ready = time.monotonic()
     built = podman.build_pipeline_image(REPO, IMAGE)
     assert built.returncode == 0, f"building the pipeline image failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}"
+    print(f"\nbase image ready in {base_ready - started:.0f} s, pipeline image in {time.monotonic() - base_ready:.0f} s"
+          f" (cached under {podman.CACHE})")
     folder = tmp_path_factory.mktemp("podman")
     socket = folder / "podman.sock"
     service = start_service(podman.service_argv(socket), folder / "service.log", env=podman.podman_env())
@@ -85,7 +90,7 @@ def test_ingest_in_the_pipeline_image_matches_the_local_run(docker_url, tmp_path
     local_lines = make_backend("local").run(ingest_argv(shared / "local", corpus.uri), log=lambda line: None)
 
     cfg = load_config("tiny", [f"orchestration.image={IMAGE}", f"orchestration.docker.url={docker_url}",
-                               f"orchestration.docker.artifacts_mount={shared}", "orchestration.docker.network_mode=host"])
+                               f"orchestration.docker.artifacts_mount={shared}"])
     container = make_backend("docker", stage=stage, cfg=cfg, task_id="ingest")
     container_lines = container.run(ingest_argv(shared / "container", corpus.uri), log=print)
 
