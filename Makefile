@@ -24,7 +24,7 @@ unexport PYTHONDONTWRITEBYTECODE
 help:
 	@echo "make run      the whole pipeline on the tiny profile through Airflow; artifacts under ./artifacts"
 	@echo "make test     the whole test suite"
-	@echo "make test-services  tests against real services: Spark standalone, Airflow (REST API, UI in headless Chromium, PostgreSQL), GCS emulator"
+	@echo "make test-services  tests against real services: Spark standalone, Airflow (REST API, UI in headless Chromium, PostgreSQL), GCS emulator, a stage in the pipeline image (podman)"
 	@echo "make airflow  Airflow standalone on localhost:8080 with the DAGs loaded"
 
 .tools/bin/uv:

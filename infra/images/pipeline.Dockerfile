@@ -6,6 +6,9 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ARG EXTRAS=""
+# Build-time only (not kept in the image): where HTTPS is intercepted, mount the host's CA bundle and name it here.
+ARG SSL_CERT_FILE
+ARG PIP_CERT
 ENV PYTHONUNBUFFERED=1 \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
