@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xgen_core.evals import sandbox
-from xgen_core.posttrain.data import code_task, generated_grpo_rows
+from xgen_core.posttrain.data import code_task, generated_grpo_rows, number_problem, wrong_answer
 from xgen_core.errors import XgenError
 from xgen_core.posttrain.grpo import clipped_objective, group_advantages, kl_penalty, split_tasks
 from xgen_core.posttrain.rewards import completion_code, reward
@@ -59,11 +59,28 @@ def test_generated_tasks_are_deterministic_and_mixed():
     assert sum("tests" in r for r in rows) == 4 and sum("answer" in r for r in rows) == 10
 
 
+def test_the_maths_family_is_large_and_its_worked_solutions_verify():
+    import random
+
+    rng = random.Random(0)
+    problems = [number_problem(rng, max_operand=9) for _ in range(400)]
+    assert len({question for question, _, _ in problems}) > 250  # sums and identities repeat; lists rarely do
+    for word in ("first", "last", "largest", "smallest", "+ 0", "1 *", " - "):
+        assert any(word in question for question, _, _ in problems), word
+    for question, solution, value in problems:
+        row = {"prompt": question, "answer": str(value)}
+        assert reward(row, solution) == 1.0, (question, solution)
+        assert reward(row, f"The answer is {wrong_answer(rng, question, value)}.") == 0.0, question
+    assert number_problem(random.Random(3), 9) == number_problem(random.Random(3), 9)
+    question, _, value = next(p for p in problems if "largest" in p[0])
+    assert value == max(int(n) for n in question.removeprefix("What is the largest of ").rstrip("?").split(", "))
+
+
 def test_training_prompts_never_repeat_a_heldout_prompt():
     rows = [{"prompt": p, "answer": "0"} for p in ("a", "b", "c", "a", "d", "b", "a")]
     heldout, train, dropped = split_tasks(rows, heldout_prompts=2)
     assert heldout == [0, 1] and train == [2, 4] and dropped == 3
-    rows = generated_grpo_rows(1234, math_prompts=288, code_prompts=0, max_operand=9)  # 200 possible questions
+    rows = generated_grpo_rows(1234, math_prompts=288, code_prompts=0, max_operand=9)  # sums repeat
     heldout, train, dropped = split_tasks(rows, heldout_prompts=32)
     assert dropped > 0 and not {rows[i]["prompt"] for i in heldout} & {rows[i]["prompt"] for i in train}
     with pytest.raises(XgenError, match="repeats a held-out prompt"):

@@ -9,7 +9,7 @@ Formats (JSONL, one object a line, or Parquet with these columns):
 Generated data, three macro categories as in the paper (section 4.1):
     general    instructions over passages of the sample corpus (its prose sub-source)
     safety     harmful requests answered with a refusal
-    reasoning  arithmetic with worked solutions, and small Python functions with tests
+    reasoning  maths with worked solutions (number_problem), and small Python functions with tests
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -188,11 +189,56 @@ def safety_examples(rng: random.Random, count: int) -> list[dict]:
 
 
 def arithmetic_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
-    """(question, worked solution, answer)."""
+    """(question, worked solution, answer) of a sum or difference of operands 0..max_operand."""
     a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
     op = rng.choice("+-")
     value = a + b if op == "+" else a - b
     return f"What is {a} {op} {b}?", f"{a} {op} {b} = {value}. The answer is {value}.", value
+
+
+IDENTITIES = ("{a} + 0", "0 + {a}", "{a} - 0", "1 * {a}", "{a} * 1")
+LIST_PICKS = (("first", lambda xs: xs[0]), ("last", lambda xs: xs[-1]),
+              ("largest", max), ("smallest", min))
+
+
+def identity_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
+    """a + 0, 1 * a, ...: the answer is a number the question names."""
+    a = rng.randint(0, max_operand)
+    expression = rng.choice(IDENTITIES).format(a=a)
+    return f"What is {expression}?", f"{expression} = {a}. The answer is {a}.", a
+
+
+def list_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
+    """The first / last / largest / smallest of three to five numbers: the answer is one of them."""
+    numbers = [rng.randint(0, max_operand) for _ in range(rng.randint(3, 5))]
+    word, pick = rng.choice(LIST_PICKS)
+    listed, value = ", ".join(map(str, numbers)), pick(numbers)
+    return f"What is the {word} of {listed}?", f"The {word} is {value}. The answer is {value}.", value
+
+
+def number_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
+    """One problem of the generated maths family (question, worked solution, answer), all over 0..max_operand: half
+    the first / last / largest / smallest of three to five numbers (select, then copy), a quarter identities (a + 0,
+    1 * a: copy the named number), a quarter sums and differences (tiny: operands 0..9).
+
+    Why not sums alone: GRPO's held-out reward measures a skill only when held-out questions are new to training;
+    sums of operands 0..5 are 72 questions, so a held-out split left ~40 to train on and the tiny model memorised
+    them (held-out reward fell). Here the question space is large (lists alone: 4 x 111,000 at operands 0..9),
+    held-out questions are new, and each answer follows from the prompt by one rule for all numbers (find the named
+    number, compare, copy), so a held-out gain can only come from that rule. docs/benchmarks.md ("GRPO held-out
+    reward gain") has what GRPO does with it at tiny scale."""
+    kind = rng.randrange(4)
+    if kind < 2:
+        return list_problem(rng, max_operand)
+    if kind == 2:
+        return identity_problem(rng, max_operand)
+    return arithmetic_problem(rng, max_operand)
+
+
+def wrong_answer(rng: random.Random, question: str, value: int) -> int:
+    """A plausible wrong answer: another number the question names, else one near the right one."""
+    named = [int(n) for n in re.findall(r"-?\d+", question) if int(n) != value]
+    return rng.choice(named) if named and rng.random() < 0.5 else value + rng.choice([-3, -2, -1, 1, 2, 3])
 
 
 def code_task(rng: random.Random) -> tuple[str, str, str]:
@@ -213,8 +259,8 @@ def reasoning_examples(rng: random.Random, count: int, max_operand: int, code_sh
             prompt, solution, _ = code_task(rng)
             rejected = solution.replace("return", "print")
         else:
-            prompt, solution, value = arithmetic_problem(rng, max_operand)
-            rejected = f"The answer is {value + rng.choice([-3, -2, -1, 1, 2, 3])}."
+            prompt, solution, value = number_problem(rng, max_operand)
+            rejected = f"The answer is {wrong_answer(rng, prompt, value)}."
         examples.append({"category": "reasoning", "prompt": prompt, "response": solution, "rejected": rejected})
     return examples
 
@@ -248,7 +294,7 @@ def generated_grpo_rows(seed: int, math_prompts: int, code_prompts: int, max_ope
     rng = random.Random(seed)
     rows = []
     for _ in range(math_prompts):
-        question, _, value = arithmetic_problem(rng, max_operand)
+        question, _, value = number_problem(rng, max_operand)
         rows.append({"prompt": question, "answer": str(value)})
     for _ in range(code_prompts):
         prompt, _, tests = code_task(rng)
