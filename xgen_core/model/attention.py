@@ -194,11 +194,13 @@ def jax_nn_attention(q, k, v, segment_ids, *, implementation: str):
 
 
 def _pallas_block(seq_len: int, preferred: int = 512) -> int:
-    block = min(preferred, seq_len)
-    if seq_len % block or block % PALLAS_LENGTH_MULTIPLE:
-        raise XgenError(f"Pallas attention needs a sequence length that is a multiple of {PALLAS_LENGTH_MULTIPLE}, "
-                        f"got {seq_len}")
-    return block
+    """The largest block of at most `preferred` tokens, a multiple of 128, that divides `seq_len` (1,280: 256)."""
+    for block in range(min(preferred, seq_len) // PALLAS_LENGTH_MULTIPLE * PALLAS_LENGTH_MULTIPLE, 0,
+                       -PALLAS_LENGTH_MULTIPLE):
+        if seq_len % block == 0:
+            return block
+    raise XgenError(f"Pallas attention needs a sequence length that is a multiple of {PALLAS_LENGTH_MULTIPLE}, "
+                    f"got {seq_len}")
 
 
 def splash_attention(q, k, v, segment_ids, *, interpret: bool = False):
