@@ -31,6 +31,23 @@ def row(report: dict) -> str:
             f"| {report['tokens_per_s_per_chip']['mfu_50']:,.0f} | {report['compile_seconds']:.0f} s |")
 
 
+def program_rows(report: dict) -> list[str]:
+    """One row per further program of the stage (GRPO's sampler): memory with the training state left resident,
+    the model's FLOPs of a whole call (XLA's compiled count covers one trip of its loops, so it is not compared)."""
+    rows = []
+    for name, program in report.get("programs", {}).items():
+        memory = program["bytes"]
+        rows.append(
+            f"| `{report['profile']}` | {report['stage']}: {name} | {report['topology']} ({report['devices']} chips) "
+            f"| as above | {memory['arguments'] / GiB:.2f} / {(memory['temporaries'] or 0) / GiB:.2f} / "
+            f"{program['total_with_resident'] / GiB:.2f} GiB of {report['hbm_bytes'] / GiB:.0f} (total with "
+            f"{program['resident_bytes'] / GiB:.2f} GiB of optimizer state resident) "
+            f"| {'yes' if program['fits'] else 'no'} | - | {program['model_flops_per_call']:.3e} per call | - "
+            f"| {program['step_seconds']['mfu_50']:.3f} s | {program['tokens_per_s_per_chip']['mfu_50']:,.0f} "
+            f"| {program['compile_seconds']:.0f} s |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", default="v5p:8x8x16")
@@ -49,6 +66,8 @@ def main() -> None:
     print(HEADER)
     for report in reports:
         print(row(report))
+        for line in program_rows(report):
+            print(line)
 
 
 if __name__ == "__main__":

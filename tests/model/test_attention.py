@@ -85,6 +85,8 @@ def test_unknown_implementation_refused():
 def test_pallas_kernels_need_block_multiple():
     with pytest.raises(XgenError, match="multiple of 128"):
         attn._pallas_block(200)
+    # a multiple of 128 that 512 does not divide (GRPO's 1,024 new tokens + a 256-token prompt) takes 256
+    assert (attn._pallas_block(1280), attn._pallas_block(384), attn._pallas_block(4096)) == (256, 384, 512)
 
 
 def test_blocked_xla_attention_matches_one_block():

@@ -1,5 +1,7 @@
 """Blockwise attention: the reference's output and gradients, per-document masking, skipped blocks, linear memory."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +99,33 @@ def test_memory_is_linear_in_length():
     dense_short, dense_long = (_forward_backward_temp_bytes(dense, n) for n in (1024, 4096))
     assert dense_long > 12 * dense_short  # the score matrix: quadratic
     assert long < dense_long / 10
+
+
+def _largest_score_stack(text: str, block: int) -> int:
+    """Elements of the largest (..., block, block) array in lowered StableHLO: score / probability blocks."""
+    sizes = [int(np.prod([int(d) for d in dims.split("x")]))
+             for dims in re.findall(rf"tensor<((?:\d+x)*{block}x{block})x(?:f32|bf16|i1)>", text)]
+    return max(sizes, default=0)
+
+
+def test_no_score_block_is_stacked_under_a_layer_scan():
+    """Under a scan over layers (nn.scan) with the masks' inputs broadcast into every layer, JAX's scan partial
+    evaluation hoists whatever depends only on loop-invariant inputs out of the loop: without the kernel's
+    barrier the masks and -inf fills of every (query block, key block) pair are precomputed and stacked, the
+    whole score matrix (98 GB per chip for the 9B at 131,072 tokens on v5p:8x8x16)."""
+    seq_len, block, q_heads = 512, 64, 4
+    indices = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (1, seq_len))
+
+    def layers(q, k, v, segments):
+        def layer(x, _):
+            out = blockwise_attention_at(x, k, v, segments, segments, indices, indices, block_q=block, block_kv=block)
+            return x + out, None
+
+        return jnp.sum(jax.lax.scan(jax.checkpoint(layer), q, None, length=2)[0])
+
+    q = jax.ShapeDtypeStruct((1, seq_len, q_heads, 32), jnp.float32)
+    kv = jax.ShapeDtypeStruct((1, seq_len, 2, 32), jnp.float32)
+    segments = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
+    text = jax.jit(jax.grad(layers, argnums=(0, 1, 2))).lower(q, kv, kv, segments).as_text()
+    one_block_of_scores = q_heads * block * block
+    assert 0 < _largest_score_stack(text, block) <= one_block_of_scores

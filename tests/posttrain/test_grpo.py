@@ -8,7 +8,9 @@ import pytest
 from xgen_core.evals import sandbox
 from xgen_core.posttrain.data import code_task, generated_grpo_rows, number_problem, wrong_answer
 from xgen_core.errors import XgenError
-from xgen_core.posttrain.grpo import clipped_objective, group_advantages, kl_penalty, split_tasks
+from xgen_core.infer.sampler import bucket_shape
+from xgen_core.model.attention import length_multiple
+from xgen_core.posttrain.grpo import clipped_objective, group_advantages, kl_penalty, rollout_width, split_tasks
 from xgen_core.posttrain.rewards import completion_code, reward
 from xgen_core.train.metrics import read_metrics
 
@@ -111,3 +113,14 @@ def test_killed_grpo_resumes_with_identical_rewards_and_losses(init_artifact, un
     fields = ("step", "reward_mean", "loss", "grad_norm", "clip_fraction", "entropy", "heldout_reward_mean")
     expected = [tuple(r.get(f) for f in fields) for r in read_metrics(out / "metrics.jsonl")]
     assert [tuple(r.get(f) for f in fields) for r in read_metrics(tmp_path / "metrics.jsonl")] == expected
+
+
+def test_rollout_and_prompt_lengths_suit_the_attention_kernel():
+    # The model reads all but a rollout row's last column: any length for XLA attention, a multiple of 128 for
+    # the TPU's splash kernel (which refuses others when the program is lowered for the TPU).
+    assert rollout_width(41, 24, length_multiple("xla")) == 65
+    assert rollout_width(41, 24, length_multiple("splash")) == 129
+    assert rollout_width(1, 128, 128) == 129
+    assert (rollout_width(300, 1024, 128) - 1) % 128 == 0
+    assert bucket_shape(5, 41, 24) == (8, 64, 88)
+    assert bucket_shape(5, 41, 24, length_multiple=128) == (8, 128, 152)

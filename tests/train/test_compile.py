@@ -51,6 +51,14 @@ def extension():
     return done, _report(done)
 
 
+@pytest.fixture(scope="module")
+def grpo():
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the `tpu` extra: uv sync --extra tpu), so no TPU compile here")
+    done = _compile(stage="grpo")
+    return done, _report(done)
+
+
 def test_tiny_pretrain_step_compiles_for_v5p_and_fits(fitting):
     done, report = fitting
     assert done.returncode == 0, done.stderr[-3000:]
@@ -156,3 +164,21 @@ def test_a_dpo_row_the_pallas_kernel_cannot_take_is_caught_here():
     done = _compile("--memory-only", stage="dpo")
     assert done.returncode == 2
     assert "Pallas attention needs a sequence length that is a multiple of 128, got 160" in done.stderr
+
+
+def test_grpo_policy_step_and_sampler_compile_for_v5p_and_fit(grpo):
+    done, report = grpo
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {"stage", "profile", "topology", "devices", "fits", "bytes", "hbm_bytes", "flops_per_step",
+            "model_flops_per_step", "tokens_per_step"} <= set(report)
+    assert (report["stage"], report["devices"], report["fits"], report["attention_impl"]) == ("grpo", 4, True, "splash")
+    # 8 prompts x G 8 rollouts of 256 prompt + 24 new tokens, read as 384 positions (splash: a multiple of 128)
+    assert report["tokens_per_step"] == 64 * 384
+    assert report["flops_per_step"] == pytest.approx(report["model_flops_per_step"], rel=0.06)
+    assert set(report["programs"]) == {"prefill", "decode"}
+    for program in report["programs"].values():
+        assert program["fits"] is True
+        # the optimizer state stays on the chip while the sampler runs on the parameters
+        assert program["total_with_resident"] == program["bytes"]["total"] + program["resident_bytes"] > 0
+        assert program["resident_bytes"] > 0
+    assert report["programs"]["decode"]["tokens_per_call"] == 64 * 24

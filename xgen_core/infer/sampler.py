@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xgen_core.errors import XgenError
-from xgen_core.model.attention import attention
+from xgen_core.model.attention import attention, length_multiple
 from xgen_core.model.dense import dense
 from xgen_core.model.layers import RMSNorm, SwiGLU, apply_rope, rope_tables
 from xgen_core.model.presets import ModelSpec
@@ -289,11 +289,12 @@ def pad_prompts(prompts: Sequence[Sequence[int]], batch: int, prompt_len: int):
 
 
 def bucket_shape(n_prompts: int, longest_prompt: int, max_new_tokens: int,
-                 batch_shards: int = 1) -> tuple[int, int, int]:
+                 batch_shards: int = 1, length_multiple: int = 1) -> tuple[int, int, int]:
     """(batch, prompt_len, cache_len) of the compiled program a request runs in; `batch_shards`: the mesh's
-    data x fsdp size, which the batch must divide by."""
+    data x fsdp size, which the batch must divide by; `length_multiple`: what the prefill's attention kernel
+    needs the prompt length to divide by (128 for the TPU's Pallas kernels, attention.length_multiple)."""
     batch = _round_up(1 << max(0, (n_prompts - 1).bit_length()), batch_shards)
-    prompt_len = _round_up(longest_prompt, PROMPT_BUCKET)
+    prompt_len = _round_up(longest_prompt, math.lcm(PROMPT_BUCKET, length_multiple))
     return batch, prompt_len, prompt_len + max_new_tokens
 
 
@@ -332,7 +333,7 @@ def generate(weights: DecoderWeights, spec: ModelSpec, prompts: Sequence[Sequenc
 def _generate(weights, spec, prompts, config, key, compute_dtype, attention_impl, batch_shards: int,
               logical_rules: tuple):
     batch, prompt_len, cache_len = bucket_shape(len(prompts), max(map(len, prompts)), config.max_new_tokens,
-                                                batch_shards)
+                                                batch_shards, length_multiple(attention_impl))
     tokens, positions, segments = pad_prompts(prompts, batch, prompt_len)
     cache, logits = prefill(weights, tokens, positions, segments, spec=spec, cache_len=cache_len,
                             compute_dtype=compute_dtype, attention_impl=attention_impl, logical_rules=logical_rules)

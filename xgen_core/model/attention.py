@@ -24,6 +24,7 @@ from xgen_core.model.context_parallel import context_parallel_attention_at
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "flash", "blockwise")
 PLATFORM_OF_IMPL = {"cudnn": "gpu", "splash": "tpu", "flash": "tpu"}
 DEFAULT_IMPL_OF_PLATFORM = {"tpu": "splash", "gpu": "cudnn"}
+PALLAS_LENGTH_MULTIPLE = 128
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
@@ -37,6 +38,13 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
     if needed and needed != platform:
         raise XgenError(f"attention implementation {impl!r} runs only on {needed}, this JAX backend is {platform}")
     return impl
+
+
+def length_multiple(impl: str) -> int:
+    """Sequence lengths the kernel `impl` accepts are multiples of this: the Pallas kernels' 128-token blocks
+    (`_pallas_block`), any length otherwise. Callers that choose a padded length round up to it."""
+    impl = resolve_impl(impl) if impl == "auto" else impl
+    return PALLAS_LENGTH_MULTIPLE if impl in ("splash", "flash") else 1
 
 
 def attention(q, k, v, segment_ids, *, impl: str = "auto", row_indices=None):
@@ -186,10 +194,13 @@ def jax_nn_attention(q, k, v, segment_ids, *, implementation: str):
 
 
 def _pallas_block(seq_len: int, preferred: int = 512) -> int:
-    block = min(preferred, seq_len)
-    if seq_len % block or block % 128:
-        raise XgenError(f"Pallas attention needs a sequence length that is a multiple of 128, got {seq_len}")
-    return block
+    """The largest block of at most `preferred` tokens, a multiple of 128, that divides `seq_len` (1,280: 256)."""
+    for block in range(min(preferred, seq_len) // PALLAS_LENGTH_MULTIPLE * PALLAS_LENGTH_MULTIPLE, 0,
+                       -PALLAS_LENGTH_MULTIPLE):
+        if seq_len % block == 0:
+            return block
+    raise XgenError(f"Pallas attention needs a sequence length that is a multiple of {PALLAS_LENGTH_MULTIPLE}, "
+                    f"got {seq_len}")
 
 
 def splash_attention(q, k, v, segment_ids, *, interpret: bool = False):

@@ -100,6 +100,7 @@ def _flash(q, k, v, q_segments, kv_segments, q_indices, kv_indices, layout):
 
 def _flash_fwd(q, k, v, q_segments, kv_segments, q_indices, kv_indices, layout):
     block_q, block_kv, causal_walk = layout
+    q_segments, kv_segments, q_indices, kv_indices = _tie_to(q, q_segments, kv_segments, q_indices, kv_indices)
     batch, q_len, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
     group = n_q_heads // n_kv_heads
@@ -146,6 +147,18 @@ def _flash_fwd(q, k, v, q_segments, kv_segments, q_indices, kv_indices, layout):
     _, (out_blocks, lse_blocks) = jax.lax.scan(query_block, None, xs)
     out = _join_blocks(out_blocks).reshape(q.shape)
     return out, (q, k, v, q_segments, kv_segments, q_indices, kv_indices, out, lse_blocks)
+
+
+def _tie_to(x, *others):
+    """`others` made to depend on `x` (an optimization barrier over all of them).
+
+    Under a scan over layers, segment ids and row indices are the same in every layer, and JAX's scan partial
+    evaluation (`_scan_known_hoisting`) computes whatever depends only on such loop invariants once, before the
+    loop: every block pair's mask and -inf fill, stacked (n_q_blocks, n_kv_blocks, ..., block_q, block_kv), the
+    whole score matrix. Tied to the queries (which change from layer to layer) they stay inside the loops.
+    """
+    _, *others = jax.lax.optimization_barrier((x, *others))
+    return others
 
 
 def _flash_bwd(layout, residuals, d_out):

@@ -55,6 +55,13 @@ def training_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
     return 3.0 * (weight_flops + spec.n_layers * causal_attention)
 
 
+def forward_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
+    """Model FLOPs of one token's forward pass (a third of `training_flops_per_token`): at `seq_len` a causal
+    row's tokens attend to seq_len / 2 keys on average, so one token against a whole cache of n keys is
+    forward_flops_per_token(spec, 2 n)."""
+    return training_flops_per_token(spec, seq_len) / 3
+
+
 def model_info(spec: ModelSpec, seq_len: int | None = None) -> dict:
     seq_len = seq_len or spec.max_seq_len
     counts = count_params(spec)

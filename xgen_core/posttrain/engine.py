@@ -175,19 +175,27 @@ def make_step(loss_fn: Callable, tx, schedule, mesh, shardings: TrainState, batc
     return _under_mesh(compiled, mesh)
 
 
-def compile_target(cfg, devices, n_layers, section: str, make_loss: Callable, batch_fields: dict,
-                   tokens_per_step: int, weight_decay: float):
-    """A post-training stage's step for `xgen train compile`: the model of the stage it starts from (the config's
-    architecture with the last length extension's RoPE base and maximum length, as the stage table chains them),
-    pretraining's optimizer chain, the training mesh, and `batch_fields` (name -> shape, int32 or float32 by
-    name) split over the batch axes; `make_loss(model)` is the stage's own loss."""
-    from xgen_core.model.info import training_flops_per_token
-    from xgen_core.train.compile import CompileTarget
+def posttrain_model(cfg, devices, n_layers):
+    """The model a post-training stage starts from, for `xgen train compile`: the config's architecture with the
+    last length extension's RoPE base and maximum length (as the stage table chains them), for the devices'
+    platform (which picks the attention kernel)."""
     from xgen_core.train.loop import build_model
 
     longest = cfg.extend_128k
-    model = build_model(cfg.model, cfg.tokenizer.vocab_size, platform=devices[0].platform, n_layers=n_layers,
-                        rope_theta=longest.rope_theta, max_seq_len=longest.max_seq_len)
+    return build_model(cfg.model, cfg.tokenizer.vocab_size, platform=devices[0].platform, n_layers=n_layers,
+                       rope_theta=longest.rope_theta, max_seq_len=longest.max_seq_len)
+
+
+def compile_target(cfg, devices, n_layers, section: str, make_loss: Callable, batch_fields: dict,
+                   tokens_per_step: int, weight_decay: float, float_fields: tuple[str, ...] = ()):
+    """A post-training stage's step for `xgen train compile`: the model of the stage it starts from
+    (`posttrain_model`), pretraining's optimizer chain, the training mesh, and `batch_fields` (name -> shape; int32,
+    float32 for `float_fields` and names starting ref_) split over the batch axes; `make_loss(model)` is the
+    stage's own loss."""
+    from xgen_core.model.info import training_flops_per_token
+    from xgen_core.train.compile import CompileTarget
+
+    model = posttrain_model(cfg, devices, n_layers)
     schedule = warmup_cosine(1e-6, 1, 2, 0.1)  # values do not change the program
     tx = optimizer(cfg.train, schedule, weight_decay)
     mesh_config = cfg.train_run.mesh
@@ -197,7 +205,8 @@ def compile_target(cfg, devices, n_layers, section: str, make_loss: Callable, ba
     rows = next(iter(batch_fields.values()))[0]
     if rows % batch_devices:
         raise XgenError(f"{section}: {rows} rows per step do not split over data x fsdp = {batch_devices} devices")
-    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if name.startswith("ref_") else jnp.int32,
+    floats = lambda name: name.startswith("ref_") or name in float_fields  # noqa: E731
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if floats(name) else jnp.int32,
                                         sharding=mesh_lib.batch_sharding(mesh, len(shape)))
              for name, shape in batch_fields.items()}
     state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),

@@ -15,15 +15,21 @@ a resumed run redraws exactly the rollouts the killed one drew.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from xgen_core.config import GrpoConfig, MeshConfig, PosttrainRunConfig, TrainConfig
 from xgen_core.errors import XgenError
 from xgen_core.infer.sampler import SamplingConfig, decoder_weights, generate
+from xgen_core.model.attention import length_multiple, resolve_impl
 from xgen_core.posttrain.chat import ChatTemplate
 from xgen_core.posttrain.data import Quarantine, generated_grpo_rows, load_rows
 from xgen_core.posttrain.engine import Trainer, last_step_of, load_policy, optimizer, warmup_cosine
@@ -59,6 +65,34 @@ def kl_penalty(logprobs, ref_logprobs, mask):
     """The k3 estimator of KL(policy || reference), per completion token, averaged."""
     delta = ref_logprobs - logprobs
     return jnp.sum((jnp.exp(delta) - delta - 1) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def policy_loss(model, settings: GrpoConfig):
+    """(params, batch) -> (loss, metrics) of the policy update: the clipped objective, plus the KL term when
+    kl_coef != 0."""
+    temperature, kl_coef = settings.temperature, settings.kl_coef
+
+    def loss_fn(params, batch):
+        mask = batch["completion_mask"][:, 1:].astype(jnp.float32)
+        logprobs, full = token_logprobs(model, params, batch, temperature)
+        loss, clip_fraction = clipped_objective(logprobs, batch["old_logprobs"], batch["advantages"], mask,
+                                                settings.clip_eps)
+        entropy = -jnp.sum(jnp.exp(full) * full, axis=-1)
+        metrics = {"clip_fraction": clip_fraction,
+                   "entropy": jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)}
+        if kl_coef:  # a Python constant: at 0 the term is not even traced
+            kl = kl_penalty(logprobs, batch["ref_logprobs"], mask)
+            loss, metrics["kl"] = loss + kl_coef * kl, kl
+        return loss, metrics
+
+    return loss_fn
+
+
+def rollout_width(longest_prompt: int, max_new_tokens: int, multiple: int) -> int:
+    """Columns of a rollout row (prompt + completion, right-padded): the model reads all but the last, a length
+    that divides by `multiple`, what the attention kernel accepts (attention.length_multiple: 128 for the TPU's
+    Pallas kernels)."""
+    return -(-(longest_prompt + max_new_tokens - 1) // multiple) * multiple + 1
 
 
 def rollout_rows(prompts: list[list[int]], completions: list[list[int]], width: int) -> dict[str, np.ndarray]:
@@ -147,7 +181,8 @@ def grpo(init_uri: str, out_uri: str, settings: GrpoConfig, train: TrainConfig, 
     quarantine = Quarantine()
     rows, prompts = load_tasks(settings, template, policy.model.spec.max_seq_len, quarantine)
     heldout, train_tasks, leaked = split_tasks(rows, settings.heldout_prompts)
-    width = max(map(len, prompts)) + settings.max_new_tokens
+    width = rollout_width(max(map(len, prompts)), settings.max_new_tokens,
+                          length_multiple(policy.model.attention_impl))
     group = settings.group_size
 
     updates = settings.steps * settings.updates_per_batch
@@ -158,19 +193,7 @@ def grpo(init_uri: str, out_uri: str, settings: GrpoConfig, train: TrainConfig, 
     reference_params = jax.device_put(policy.init_params, trainer.shardings.params) if kl_coef else None
     sampler = Rollouts(policy, template, settings, trainer.mesh)
 
-    def loss_fn(params, batch):
-        mask = batch["completion_mask"][:, 1:].astype(jnp.float32)
-        logprobs, full = token_logprobs(model, params, batch, temperature)
-        loss, clip_fraction = clipped_objective(logprobs, batch["old_logprobs"], batch["advantages"], mask,
-                                                settings.clip_eps)
-        entropy = -jnp.sum(jnp.exp(full) * full, axis=-1)
-        metrics = {"clip_fraction": clip_fraction,
-                   "entropy": jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)}
-        if kl_coef:  # a Python constant: at 0 the term is not even traced
-            kl = kl_penalty(logprobs, batch["ref_logprobs"], mask)
-            loss, metrics["kl"] = loss + kl_coef * kl, kl
-        return loss, metrics
-
+    loss_fn = policy_loss(model, settings)
     n_rollouts = settings.prompts_per_step * group
     example = {**rollout_rows([[0]] * n_rollouts, [[0]] * n_rollouts, width),
                "old_logprobs": np.zeros((n_rollouts, width - 1), np.float32),
@@ -244,6 +267,119 @@ def grpo(init_uri: str, out_uri: str, settings: GrpoConfig, train: TrainConfig, 
                         "heldout_reward_after": evaluated[-1]["heldout_reward_mean"],
                         "train_reward_first": trained[0]["reward_mean"] if trained else None,
                         "train_reward_last": trained[-1]["reward_mean"] if trained else None}}
+
+
+# The longest prompt the compile check assumes: rollouts are this + grpo.max_new_tokens wide. The generated math and
+# code prompts (chat template included) are far shorter; a data set with longer prompts compiles wider programs.
+COMPILE_PROMPT_LEN = 256
+
+
+def compile_target(cfg, devices, n_layers: int | None = None):
+    """GRPO for `xgen train compile`: the policy update over prompts_per_step x group_size rollouts of
+    COMPILE_PROMPT_LEN + max_new_tokens tokens, and the sampler's prefill and decode programs for those rollouts
+    (`programs`, compiled beside it), each with the training state resident on the chip."""
+    from xgen_core.posttrain.engine import compile_target as posttrain_target
+    from xgen_core.posttrain.engine import posttrain_model
+
+    settings = cfg.grpo
+    rows = settings.prompts_per_step * settings.group_size
+    model = posttrain_model(cfg, devices, n_layers)
+    # As wide as the configured kernel and the platform's own kernel need: the FLOPs count compiles copies of the
+    # step with XLA attention (compile.compiled_flops_per_step), which must read the same rows.
+    multiple = max(length_multiple(model.attention_impl), length_multiple(resolve_impl("auto", devices[0].platform)))
+    width = rollout_width(COMPILE_PROMPT_LEN, settings.max_new_tokens, multiple)
+    fields = {name: (rows, width) for name in ("tokens", "segment_ids", "positions", "completion_mask")}
+    fields.update(old_logprobs=(rows, width - 1), advantages=(rows,))
+    if settings.kl_coef:
+        fields["ref_logprobs"] = (rows, width - 1)
+    target = posttrain_target(cfg, devices, n_layers, "grpo", lambda m: policy_loss(m, settings), fields,
+                              rows * (width - 1), settings.weight_decay, float_fields=("old_logprobs", "advantages"))
+    return dataclasses.replace(target, programs=sampler_compile_targets(model, target, rows, settings))
+
+
+def sampler_compile_targets(model, policy_step, rows: int, settings: GrpoConfig) -> tuple:
+    """(name, CompileTarget) of the rollout sampler's prefill and decode for `rows` prompts of COMPILE_PROMPT_LEN
+    tokens, over the policy step's parameters as the trainer hands them to `generate` (same arrays, same shardings)."""
+    from xgen_core.infer import sampler
+    from xgen_core.model.info import forward_flops_per_token
+    from xgen_core.train import mesh as mesh_lib
+    from xgen_core.train.compile import CompileTarget
+
+    state = policy_step.args[0]
+    mesh = jax.tree.leaves(state.params)[0].sharding.mesh
+    spec, compute_dtype = model.spec, jnp.dtype(model.compute_dtype)
+    batch_shards = math.prod(mesh.shape[axis] for axis in mesh_lib.BATCH_AXES)
+    batch, prompt_len, cache_len = sampler.bucket_shape(rows, COMPILE_PROMPT_LEN, settings.max_new_tokens,
+                                                        batch_shards, length_multiple(model.attention_impl))
+    weights = _abstract_decoder_weights(state.params, spec, mesh)
+    replicated = mesh_lib.replicated(mesh)
+    prompts = [jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32, sharding=replicated)] * 3
+    cache_sharding = NamedSharding(mesh, nn.logical_to_mesh_axes(sampler.CACHE_AXES, mesh_lib.LOGICAL_RULES))
+    cache_shape = (spec.n_layers, batch, cache_len, spec.n_kv_heads, spec.head_dim)
+    cache = (jax.ShapeDtypeStruct(cache_shape, compute_dtype, sharding=cache_sharding),) * 2 + (
+        jax.ShapeDtypeStruct((batch, cache_len), jnp.int32, sharding=replicated),)
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    decode_args = (weights, cache, jax.ShapeDtypeStruct((batch, spec.vocab_size), jnp.float32, sharding=replicated),
+                   jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=replicated),
+                   jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated),
+                   (scalar(jnp.bool_), scalar(jnp.float32), scalar(jnp.float32), scalar(jnp.int32)),
+                   jax.ShapeDtypeStruct((sampler.STOP_SLOTS,), jnp.int32, sharding=replicated))
+    rules = mesh_lib.LOGICAL_RULES
+    prefill = _lowered_under(mesh, sampler.prefill, spec=spec, cache_len=cache_len, compute_dtype=compute_dtype,
+                             attention_impl=model.attention_impl, logical_rules=rules)
+    decode = _lowered_under(mesh, sampler.decode, spec=spec, max_new_tokens=settings.max_new_tokens,
+                            compute_dtype=compute_dtype, logical_rules=rules)
+    # Resident while sampling: the optimizer state and step counter (the parameters are the sampler's weights).
+    param_bytes = sum(_shard_bytes(leaf) for leaf in jax.tree.leaves(state.params))
+    resident = sum(_shard_bytes(leaf) for leaf in jax.tree.leaves(state)) - param_bytes
+    # The decode loop's body is one token for every row; the model count is that token's forward pass
+    # against the whole cache (what the cached attention computes).
+    common = dict(n_layers=spec.n_layers, scan_layers=False, loop_trips=1, mesh_axes=dict(mesh.shape),
+                  attention_impl=model.attention_impl, resident_bytes=resident)
+    return (
+        ("prefill", CompileTarget(
+            step=prefill, args=(weights, *prompts), arg_names=("weights", "tokens", "positions", "segment_ids"),
+            tokens_per_step=batch * prompt_len,
+            model_flops_per_step=forward_flops_per_token(spec, prompt_len) * batch * prompt_len, **common)),
+        ("decode", CompileTarget(
+            step=decode, args=decode_args,
+            arg_names=("weights", "cache", "first_logits", "next_positions", "key", "controls", "stop_ids"),
+            tokens_per_step=batch * settings.max_new_tokens,
+            model_flops_per_step=forward_flops_per_token(spec, 2 * cache_len) * batch * settings.max_new_tokens,
+            **common)),
+    )
+
+
+def _abstract_decoder_weights(params, spec, mesh):
+    """decoder_weights of abstract parameters, each leaf keeping its parameter's sharding (unrolled layers are
+    stacked on a leading, unsplit layer axis)."""
+    from xgen_core.infer.sampler import decoder_weights
+
+    params = nn.unbox(params)
+    if "layers" in params:
+        return decoder_weights(params, spec)
+    stacked = jax.eval_shape(lambda p: decoder_weights(p, spec), params)
+    first = params["layer_0"]
+    blocks = jax.tree.map(lambda leaf, like: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(
+        mesh, PartitionSpec(None, *like.sharding.spec))), stacked.blocks, first)
+    return dataclasses.replace(stacked, blocks=blocks, embedding=params["embedding"],
+                               lm_head=params.get("lm_head"), final_norm=params["final_norm"])
+
+
+def _shard_bytes(leaf) -> int:
+    return math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+
+
+def _lowered_under(mesh, jitted, **static):
+    """`jitted` with its static arguments bound, lowered under `mesh` (what `generate` does with a mesh)."""
+    from xgen_core.train import mesh as mesh_lib
+
+    def lower(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.LOGICAL_RULES):
+            return jitted.lower(*args, **static)
+
+    return types.SimpleNamespace(lower=lower)
 
 
 def run(ctx) -> dict:

@@ -47,6 +47,7 @@ STEP_BUILDERS: dict[str, str] = {
     "extend_128k": "xgen_core.train.extend:compile_target_128k",
     "sft": "xgen_core.posttrain.sft:compile_target",
     "dpo": "xgen_core.posttrain.dpo:compile_target",
+    "grpo": "xgen_core.posttrain.grpo:compile_target",
 }
 
 
@@ -68,6 +69,12 @@ class CompileTarget:
     shrink_hints: tuple[str, ...] = ()
     # The largest activations by name and per-device bytes, from their shapes (XLA names no temporaries).
     activations: tuple[tuple[str, int], ...] = ()
+    # Further programs the stage runs every step (GRPO's sampler prefill and decode), each (name, CompileTarget);
+    # compiled beside the step, and the stage fits only if each of them does.
+    programs: tuple = ()
+    # Bytes per device that stay on the chip while this program runs but are none of its arguments (the optimizer
+    # state while the sampler runs on the parameters).
+    resident_bytes: int = 0
 
 
 def chip_for(topology: str) -> Chip:
@@ -213,9 +220,30 @@ def compile_stage(cfg, profile: str, stage: str, topology: str, count_flops: boo
         reason = "the step does not fit" if count_flops else "skipped (--memory-only)"
         report.update(flops_per_step=None, flops_method=f"not counted: {reason}")
     report.update(implied_throughput(target, chip, len(devices)))
+    if target.programs:
+        report["programs"] = {name: program_report(program, chip, len(devices)) for name, program in target.programs}
+        fits = report["fits"] = fits and all(program["fits"] for program in report["programs"].values())
     if not fits:
         report["largest_buffers"] = largest_buffers(target, compiled)
         report["shrink_with"] = list(target.shrink_hints)
+    return report
+
+
+def program_report(target: CompileTarget, chip: Chip, device_count: int) -> dict:
+    """Memory, fits and FLOPs of one further program of a stage (`CompileTarget.programs`). Its FLOPs are XLA's
+    count of the program as compiled: a loop body counts once (the sampler's layers and the decode loop's tokens),
+    so they are set beside the model's count of one trip, not of the whole call."""
+    compiled = compile_target(target)
+    on_chip = compiled.memory["total"] + target.resident_bytes
+    report = {"fits": compiled.out_of_memory is None and on_chip <= chip.hbm_bytes, "bytes": compiled.memory,
+              "resident_bytes": target.resident_bytes, "total_with_resident": on_chip,
+              "tokens_per_call": target.tokens_per_step, "model_flops_per_call": target.model_flops_per_step,
+              "compiled_flops_one_trip": (compiled.flops_per_device * device_count
+                                          if compiled.flops_per_device is not None else None),
+              "compile_seconds": round(compiled.seconds, 1)}
+    report.update(implied_throughput(target, chip, device_count))
+    if not report["fits"]:
+        report["largest_buffers"] = largest_buffers(target, compiled)
     return report
 
 
@@ -288,6 +316,12 @@ def format_report(report: dict) -> str:
         mfu = key.removeprefix("mfu_")
         lines.append(f"at {mfu:>3}% MFU ({report['peak_bf16_flops_per_chip'] / 1e12:.0f} TFLOP/s bf16 peak): "
                      f"{seconds:.3f} s per step, {report['tokens_per_s_per_chip'][key]:,.0f} tokens/s per chip")
+    for name, program in report.get("programs", {}).items():
+        lines.append(f"{name}: {_gib(program['total_with_resident'])} per chip with the resident training state "
+                     f"({_gib(program['bytes']['total'])} its own, {_gib(program['resident_bytes'])} resident): "
+                     f"{'fits' if program['fits'] else 'DOES NOT FIT'}; {program['tokens_per_call']:,} tokens per "
+                     f"call, model {program['model_flops_per_call']:.4g} FLOPs, "
+                     f"{program['step_seconds']['mfu_50']:.3f} s at 50% MFU; compiled in {program['compile_seconds']} s")
     if not report["fits"]:
         lines.append("largest buffers:")
         lines.extend(f"  {line}" for line in report["largest_buffers"])
