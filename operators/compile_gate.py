@@ -3,8 +3,8 @@ slice it will get (`xgen train compile`, xgen_core/train/compile.py), run in a C
 fails the DAG run in minutes, before a slice is requested.
 
 The gate task (`<stage>_compile_check`) has no upstream task, so it starts with the run, and its stage waits for
-it. It compiles with the run's own profile and overrides for the slice `orchestration.kubernetes.tpu` names; the
-compile exits non-zero when the step does not fit (naming the largest buffers and the config keys that shrink
+it. It compiles with the run's own profile and overrides for the stage's slice (`orchestration.kubernetes.tpu`, or
+the stage's entry in `tpu_topologies`); the compile exits non-zero when the step does not fit (naming the largest buffers and the config keys that shrink
 them), which fails the gate and leaves the stage `upstream_failed`. On any other backend (the CPU `local` one of
 `make run`, docker) there is no slice to fit and the gate skips itself and says so; the stage then runs as usual
 (stage tasks take `none_failed`). Only stages with a compile builder (STEP_BUILDERS) are gated.
@@ -36,9 +36,9 @@ def gate_task_id(stage_name: str) -> str:
     return f"{stage_name}{GATE_SUFFIX}"
 
 
-def slice_topology(cfg: XgenConfig) -> str:
-    """The slice a TPU stage gets on Kubernetes, as `xgen train compile` names it (v5p:8x8x16)."""
-    tpu = cfg.orchestration.kubernetes.tpu
+def slice_topology(cfg: XgenConfig, stage: str) -> str:
+    """The slice `stage` gets on Kubernetes, as `xgen train compile` names it (v5p:8x8x16)."""
+    tpu = cfg.orchestration.kubernetes.tpu_for(stage)
     if tpu.accelerator not in ACCELERATOR_GENERATIONS:
         raise ValueError(f"orchestration.kubernetes.tpu.accelerator {tpu.accelerator!r}: the compile check knows "
                          f"{', '.join(ACCELERATOR_GENERATIONS)}")
@@ -91,7 +91,7 @@ class CompileGateOperator(BaseOperator):
             raise AirflowSkipException(
                 f"compile check of {self.stage.name} skipped: it runs on the {backend} backend, not on a TPU slice "
                 f"(the check gates TPU stages on kubernetes)")
-        topology = slice_topology(cfg)
+        topology = slice_topology(cfg, self.stage.name)
         spec = compile_check_spec(self.stage, compile_argv(self.stage, profile, topology, overrides), cfg)
         self.log.info("compiling %s for %s in a CPU pod: %s", self.stage.name, topology, specs.summary(spec))
         from operators.backends import provider_operator

@@ -109,8 +109,9 @@ def spark_conf(cfg: XgenConfig) -> dict[str, str]:
 def kubernetes_spec(stage: Stage, argv: list[str], cfg: XgenConfig) -> dict:
     k8s = cfg.orchestration.kubernetes
     name = job_name(stage, argv)
-    if stage.resources == "tpu" and k8s.tpu.hosts > 1:
-        manifest = jobset(stage, argv, cfg, name) if k8s.tpu.multi_host == "jobset" else indexed_job(stage, argv, cfg, name)
+    if stage.resources == "tpu" and k8s.tpu_for(stage.name).hosts > 1:
+        launcher = jobset if k8s.tpu.multi_host == "jobset" else indexed_job
+        manifest = launcher(stage, argv, cfg, name)
     else:
         manifest = {
             "apiVersion": "v1",
@@ -140,8 +141,9 @@ def pod_spec(stage: Stage, argv: list[str], cfg: XgenConfig, env: list[dict], su
     }
     spec: dict = {"restartPolicy": "Never", "serviceAccountName": k8s.service_account, "containers": [container]}
     if stage.resources == "tpu":
-        spec["nodeSelector"] = {"cloud.google.com/gke-tpu-accelerator": k8s.tpu.accelerator,
-                                "cloud.google.com/gke-tpu-topology": k8s.tpu.topology}
+        tpu = k8s.tpu_for(stage.name)
+        spec["nodeSelector"] = {"cloud.google.com/gke-tpu-accelerator": tpu.accelerator,
+                                "cloud.google.com/gke-tpu-topology": tpu.topology}
         container["ports"] = [{"containerPort": port} for port in (*TPU_PORTS, k8s.coordinator_port)]
     if subdomain:
         spec["subdomain"] = subdomain
@@ -174,7 +176,7 @@ def tpu_env(cfg: XgenConfig, hostnames: list[str]) -> list[dict]:
 def jobset(stage: Stage, argv: list[str], cfg: XgenConfig, name: str) -> dict:
     """One replicated Job of `hosts` indexed pods; JobSet's headless service names pod i `<name>-slice-0-i.<name>`."""
     k8s = cfg.orchestration.kubernetes
-    hosts = k8s.tpu.hosts
+    hosts = k8s.tpu_for(stage.name).hosts
     hostnames = [f"{name}-slice-0-{i}.{name}" for i in range(hosts)]
     return {
         "apiVersion": "jobset.x-k8s.io/v1alpha2",
@@ -201,7 +203,7 @@ def indexed_job(stage: Stage, argv: list[str], cfg: XgenConfig, name: str) -> di
     """An indexed Job; its pods find each other through a headless Service named like the Job (subdomain), which
     the manifest lists next to it (KubernetesJobOperator submits the Job; deploy the Service with it)."""
     k8s = cfg.orchestration.kubernetes
-    hosts = k8s.tpu.hosts
+    hosts = k8s.tpu_for(stage.name).hosts
     hostnames = [f"{name}-{i}.{name}" for i in range(hosts)]
     return {
         "apiVersion": "batch/v1",

@@ -93,9 +93,13 @@ class TpuResources(Section):
     @field_validator("topology")
     @classmethod
     def _topology_shape(cls, value: str) -> str:
-        if not all(side.isdigit() and int(side) > 0 for side in value.split("x")):
-            raise ValueError(f"topology {value!r} is not like 2x2x1 or 4x4")
-        return value
+        return checked_topology(value)
+
+
+def checked_topology(value: str) -> str:
+    if not all(side.isdigit() and int(side) > 0 for side in value.split("x")):
+        raise ValueError(f"topology {value!r} is not like 2x2x1 or 4x4")
+    return value
 
 
 class PodResources(Section):
@@ -109,8 +113,22 @@ class KubernetesConfig(Section):
     cpu: PodResources  # pods of stages whose Stage.resources is cpu
     spark: PodResources  # a Spark stage's driver pod (local[*] inside it) when Spark stages run on Kubernetes
     tpu: TpuResources
+    # stage -> topology of its own slice (same accelerator, hosts and launcher as `tpu`): post-training batches
+    # that do not split over the pretraining slice's chips run on a smaller one
+    tpu_topologies: dict[str, str]
     coordinator_port: int = Field(ge=1, le=65535)  # jax.distributed coordinator on host 0 of a multi-host slice
     compile: PodResources  # the CPU pod that compiles a TPU stage's step for its slice first (operators/compile_gate.py)
+
+    @field_validator("tpu_topologies")
+    @classmethod
+    def _stage_topologies(cls, value: dict[str, str]) -> dict[str, str]:
+        return {stage: checked_topology(topology) for stage, topology in value.items()}
+
+    def tpu_for(self, stage: str) -> TpuResources:
+        """The slice `stage` runs on: `tpu`, with its own topology where `tpu_topologies` names one."""
+        if stage not in self.tpu_topologies:
+            return self.tpu
+        return TpuResources(**{**self.tpu.model_dump(), "topology": self.tpu_topologies[stage]})
 
 
 class DockerConfig(Section):

@@ -74,7 +74,8 @@ def test_the_check_is_a_cpu_pod_compiling_for_the_profiles_slice():
 
     cfg = load_config("xgen-small-9b")
     stage = get_stage("extend_128k")
-    assert slice_topology(cfg) == "v5p:8x8x16"
+    assert slice_topology(cfg, "extend_128k") == "v5p:8x8x16"
+    assert slice_topology(cfg, "grpo") == "v5p:4x4x4"  # its own, smaller slice (tpu_topologies)
     spec = compile_check_spec(stage, compile_argv(stage, "xgen-small-9b", "v5p:8x8x16", ["seed=1"]), cfg)
     pod = spec["manifest"]
     assert pod["kind"] == "Pod" and "nodeSelector" not in pod["spec"]  # a CPU node, not the slice

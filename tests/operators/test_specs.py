@@ -12,6 +12,7 @@ import pytest
 from operators import specs
 from operators.specs import render, stage_argv
 from xgen_core.config import load_config
+from xgen_core.errors import XgenError
 from xgen_core.stages import get_stage
 
 RUN = "manual__2026-01-05T03:00:00+00:00"
@@ -62,6 +63,17 @@ def test_the_indexed_job_variant_names_its_pods_through_a_headless_service():
     assert job["template"]["metadata"]["labels"]["job-name"] == name
     hosts = {e["name"]: e for e in pod["containers"][0]["env"]}["TPU_WORKER_HOSTNAMES"]["value"].split(",")
     assert hosts[:2] == [f"{name}-0.{name}", f"{name}-1.{name}"]
+
+
+def test_a_stage_with_its_own_topology_gets_a_slice_of_that_size():
+    """Paper profiles post-train on v5p 4x4x4: 64 chips, 16 hosts (their batches do not split over 1,024 chips)."""
+    job = spec_for("kubernetes", "grpo", "xgen-small-9b")["manifest"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    assert job["parallelism"] == job["completions"] == 16
+    assert job["template"]["spec"]["nodeSelector"]["cloud.google.com/gke-tpu-topology"] == "4x4x4"
+    env = {e["name"]: e for e in job["template"]["spec"]["containers"][0]["env"]}
+    assert len(env["TPU_WORKER_HOSTNAMES"]["value"].split(",")) == 16
+    with pytest.raises(XgenError, match="tpu_topologies"):
+        load_config("tiny", ["orchestration.kubernetes.tpu_topologies.grpo=4x4xfour"])
 
 
 def test_single_host_stages_are_one_pod_with_the_resources_their_stage_row_names():
