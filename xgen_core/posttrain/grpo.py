@@ -354,8 +354,6 @@ def sampler_compile_targets(model, policy_step, rows: int, settings: GrpoConfig)
 def _abstract_decoder_weights(params, spec, mesh):
     """decoder_weights of abstract parameters, each leaf keeping its parameter's sharding (unrolled layers are
     stacked on a leading, unsplit layer axis)."""
-    from xgen_core.infer.sampler import decoder_weights
-
     params = nn.unbox(params)
     if "layers" in params:
         return decoder_weights(params, spec)
