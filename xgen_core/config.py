@@ -612,6 +612,7 @@ class GrpoConfig(Section):
     math_prompts: int = Field(ge=0)  # generated prompts
     code_prompts: int = Field(ge=0)
     max_operand: int = Field(ge=1)
+    math_kinds: list[str]  # generated maths kinds (posttrain/data.py MATH_KINDS); [] = the whole family's mix
     heldout_prompts: int = Field(ge=1)  # prompts kept out of training; the reward is measured on them
     steps: int = Field(ge=1)
     prompts_per_step: int = Field(ge=1)

@@ -34,8 +34,8 @@ def dpo_config(**changes) -> DpoConfig:
 
 
 def grpo_config(**changes) -> GrpoConfig:
-    settings = dict(data=[], math_prompts=24, code_prompts=0, max_operand=9, heldout_prompts=4, steps=4,
-                    prompts_per_step=2, group_size=4, updates_per_batch=2, max_new_tokens=8, temperature=1.0,
+    settings = dict(data=[], math_prompts=24, code_prompts=0, max_operand=9, math_kinds=[], heldout_prompts=4,
+                    steps=4, prompts_per_step=2, group_size=4, updates_per_batch=2, max_new_tokens=8, temperature=1.0,
                     top_p=1.0, clip_eps=0.2, kl_coef=0.0, advantage_eps=1e-6, peak_lr=3e-3, warmup_fraction=0.0,
                     weight_decay=0.0, code_timeout_s=10.0, seed=3)
     return GrpoConfig(**{**settings, **changes})

@@ -61,6 +61,17 @@ def test_generated_tasks_are_deterministic_and_mixed():
     assert sum("tests" in r for r in rows) == 4 and sum("answer" in r for r in rows) == 10
 
 
+def test_generated_maths_prompts_can_be_limited_to_named_kinds():
+    rows = generated_grpo_rows(5, math_prompts=40, code_prompts=0, max_operand=9, math_kinds=["first", "identity"])
+    firsts = [r for r in rows if r["prompt"].startswith("What is the first of ")]
+    assert 0 < len(firsts) < 40 and all(" of " not in r["prompt"] for r in rows if r not in firsts)
+    for row in firsts:
+        assert row["answer"] == row["prompt"].removeprefix("What is the first of ").split(",")[0]
+    assert generated_grpo_rows(5, 10, 0, 9) == generated_grpo_rows(5, 10, 0, 9, math_kinds=[])  # [] = the mix
+    with pytest.raises(XgenError, match="unknown maths task kinds"):
+        generated_grpo_rows(5, 10, 0, 9, math_kinds=["first", "median"])
+
+
 def test_the_maths_family_is_large_and_its_worked_solutions_verify():
     import random
 

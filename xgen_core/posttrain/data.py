@@ -20,7 +20,7 @@ import random
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from xgen_core.errors import XgenError
@@ -208,10 +208,11 @@ def identity_problem(rng: random.Random, max_operand: int) -> tuple[str, str, in
     return f"What is {expression}?", f"{expression} = {a}. The answer is {a}.", a
 
 
-def list_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
-    """The first / last / largest / smallest of three to five numbers: the answer is one of them."""
+def list_problem(rng: random.Random, max_operand: int, word: str | None = None) -> tuple[str, str, int]:
+    """The first / last / largest / smallest (`word`, else drawn) of three to five numbers: the answer is one of
+    them."""
     numbers = [rng.randint(0, max_operand) for _ in range(rng.randint(3, 5))]
-    word, pick = rng.choice(LIST_PICKS)
+    word, pick = (word, dict(LIST_PICKS)[word]) if word else rng.choice(LIST_PICKS)
     listed, value = ", ".join(map(str, numbers)), pick(numbers)
     return f"What is the {word} of {listed}?", f"The {word} is {value}. The answer is {value}.", value
 
@@ -233,6 +234,24 @@ def number_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]
     if kind == 2:
         return identity_problem(rng, max_operand)
     return arithmetic_problem(rng, max_operand)
+
+
+MATH_KINDS = (*(word for word, _ in LIST_PICKS), "identity", "arithmetic")
+
+
+def problem_of_kind(rng: random.Random, max_operand: int, kind: str) -> tuple[str, str, int]:
+    """One problem of a named kind of the family (MATH_KINDS)."""
+    if kind == "identity":
+        return identity_problem(rng, max_operand)
+    if kind == "arithmetic":
+        return arithmetic_problem(rng, max_operand)
+    return list_problem(rng, max_operand, kind)
+
+
+def check_math_kinds(kinds) -> None:
+    unknown = sorted(set(kinds) - set(MATH_KINDS))
+    if unknown:
+        raise XgenError(f"unknown maths task kinds {unknown}: the generated family has {list(MATH_KINDS)}")
 
 
 def wrong_answer(rng: random.Random, question: str, value: int) -> int:
@@ -290,11 +309,16 @@ def generated_dpo_rows(seed: int, counts: dict[str, int], max_operand: int, code
             for e in generated_examples(seed, counts, max_operand, code_share)]
 
 
-def generated_grpo_rows(seed: int, math_prompts: int, code_prompts: int, max_operand: int) -> list[dict]:
+def generated_grpo_rows(seed: int, math_prompts: int, code_prompts: int, max_operand: int,
+                        math_kinds: Sequence[str] = ()) -> list[dict]:
+    """Maths prompts of the whole family (number_problem's mix), or only of `math_kinds`, in equal shares; then
+    code prompts; shuffled."""
+    check_math_kinds(math_kinds)
     rng = random.Random(seed)
     rows = []
     for _ in range(math_prompts):
-        question, _, value = number_problem(rng, max_operand)
+        question, _, value = (problem_of_kind(rng, max_operand, rng.choice(math_kinds)) if math_kinds
+                              else number_problem(rng, max_operand))
         rows.append({"prompt": question, "answer": str(value)})
     for _ in range(code_prompts):
         prompt, _, tests = code_task(rng)

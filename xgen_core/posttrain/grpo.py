@@ -143,7 +143,7 @@ class Rollouts:
 def load_tasks(settings: GrpoConfig, template: ChatTemplate, max_seq_len: int, quarantine: Quarantine):
     rows = (load_rows("grpo", settings.data, quarantine) if settings.data else
             generated_grpo_rows(settings.seed, settings.math_prompts + settings.heldout_prompts,
-                                settings.code_prompts, settings.max_operand))
+                                settings.code_prompts, settings.max_operand, settings.math_kinds))
     kept, prompts = [], []
     for index, row in enumerate(rows):
         ids = template.prompt([{"role": "user", "content": row["prompt"]}])
