@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xgen_core.cli import _configure_logging
 from xgen_core.config import load_config
 from xgen_core.evals.models import TextModel, training_documents
 from xgen_core.evals.ruler import evaluate
@@ -65,9 +64,12 @@ def parse_args():
     parser.add_argument("--eval-factors", default="1,4,8",
                         help="RULER lengths as multiples of the pretraining length")
     parser.add_argument("--heldout-rows", type=int, default=64)
+    parser.add_argument("--whole-documents", action=argparse.BooleanOptionalAction, default=True,
+                        help="extension data keeps a document that fits a row in one row (extend_32k.whole_documents)")
     parser.add_argument("--json", help="also write the table, sample counts and artifact URIs here")
     parser.add_argument("--teach-steps", type=int, default=0,
                         help="steps of the retrieval-teaching phase at the original length (0: (b), (c) start from (a))")
+    parser.add_argument("--teach-from", help="artifact the teaching phase starts from (default: pretrain's)")
     parser.add_argument("--teach-retrieval-share", type=float, default=0.75)
     parser.add_argument("--teach-peak-lr", type=float, default=2e-3)
     return parser.parse_args()
@@ -88,7 +90,7 @@ def extension_overrides(args, seq_len: int, long_len: int, rope_theta: float | N
         f"extend_32k.retrieval_share={args.retrieval_share if retrieval_share is None else retrieval_share}",
         f"extend_32k.retrieval_tasks=[{args.tasks}]", f"extend_32k.retrieval_min_tokens={args.retrieval_min_tokens}",
         f"extend_32k.retrieval_max_tokens={long_len}", f"extend_32k.long_doc_tokens={2 * long_len}",
-        "extend_32k.attention_impl=xla",
+        "extend_32k.attention_impl=xla", f"extend_32k.whole_documents={str(args.whole_documents).lower()}",
     ]
 
 
@@ -97,8 +99,10 @@ def teach_retrieval(args, base: list[str], original: int, theta: float) -> str:
     row; its artifact URI (the starting point of (b) and (c))."""
     overrides = extension_overrides(args, original, original, theta, steps=args.teach_steps,
                                     peak_lr=args.teach_peak_lr, retrieval_share=args.teach_retrieval_share)
-    print(f"(t) taught: extend_32k with {' '.join(overrides)}", flush=True)
-    return run_stage(load_config(args.profile, base + overrides), "extend_32k", "bench-length-extension").uri
+    start = [f"pretrain={args.teach_from}"] if args.teach_from else []
+    print(f"(t) taught: extend_32k with {' '.join(overrides)}{' from ' + start[0] if start else ''}", flush=True)
+    return run_stage(load_config(args.profile, base + overrides), "extend_32k", "bench-length-extension",
+                     explicit_inputs=start).uri
 
 
 def heldout_loss(model: TextModel, pack_uri: str, count: int) -> float:
@@ -136,7 +140,6 @@ def cell_summary(predictions: list[dict], tasks: list[str]) -> dict:
 
 def main() -> None:
     args = parse_args()
-    _configure_logging(verbose=False)  # the stages' own progress lines (steps, losses, tokens a second)
     base = [f"root={args.root}"]
     cfg = load_config(args.profile, base)
     started = time.perf_counter()
