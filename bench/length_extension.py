@@ -13,7 +13,9 @@ first at the ORIGINAL length and RoPE base on a mixture whose `--teach-retrieval
 documents that fit the original length (their answer in the same row as the needle), its final parameters the
 `pretrain` input of (b) and (c) (`--input pretrain=URI`). The tiny model pretrained for 100 steps learns no
 retrieval in a few hundred steps of a 0.5 share with documents cut into rows, so without it (b) and (c) both score
-~0 everywhere and length extension has nothing to extend; row "(t) taught" is that starting point. Their extension mixture
+~0 everywhere and length extension has nothing to extend; row "(t) taught" is that starting point. (1,400 teaching
+steps were not enough either: the models find the needle but copy only its first token; see docs/benchmarks.md and
+the leading-digits diagnostic below.) Their extension mixture
 includes synthetic retrieval documents (RULER's niah generators with their answers, `extend_32k.retrieval_share`,
 keys and values from the stage's seed): at tiny scale no corpus document is long enough to need retrieval. The
 three are then scored by RULER's niah tasks (the `ruler` stage's own evaluate, its evaluation seed, haystacks from
