@@ -663,6 +663,7 @@ class ExtendConfig(Section):
     retrieval_tasks: list[str]            # RULER task generators that make them (answers included)
     retrieval_min_tokens: int = Field(ge=32)  # their lengths in tokens spread uniformly over [min, max]
     retrieval_max_tokens: int = Field(ge=32)  # (packing cuts a longer one into rows like any long document)
+    whole_documents: bool                 # a document that fits a row is never split across two (padding instead)
 
     @model_validator(mode="after")
     def _fits_the_model(self):

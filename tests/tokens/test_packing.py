@@ -33,6 +33,20 @@ def test_rows_keep_every_token_in_order_with_segments_and_positions():
     assert rows[1]["segment_ids"][10] == 2 and rows[1]["positions"][10] == 0  # doc 3 starts at its BOS
 
 
+def test_whole_documents_start_a_new_row_instead_of_being_split():
+    docs = [[10] * 5, [11] * 6, [12] * 3, [13] * 20, [14] * 2]  # with BOS / EOS: 7, 8, 5, 22, 4 tokens; rows of 16
+    rows = [row_fields(r, BOS, PAD) for r in pack_documents(docs, 15, BOS, EOS, PAD, whole_documents=True)]
+    stream = np.concatenate([r["tokens"][r["segment_ids"] > 0] for r in rows])
+    np.testing.assert_array_equal(stream, np.concatenate([[BOS, *d, EOS] for d in docs]))
+    assert rows[0]["segment_ids"].tolist() == [1] * 7 + [2] * 8 + [0]  # doc 3 (5 tokens) does not fit in 1: padding
+    assert rows[1]["tokens"][0] == BOS and rows[1]["segment_ids"].tolist() == [1] * 5 + [2] * 11  # doc 4 is longer
+    assert rows[2]["segment_ids"].tolist() == [1] * 11 + [2] * 4 + [0]  # than a row: split as before; doc 5 fits
+    split = [row_fields(r, BOS, PAD) for r in pack_documents(docs, 15, BOS, EOS, PAD)]
+    assert split[0]["segment_ids"].tolist() == [1] * 7 + [2] * 8 + [3]  # by default doc 3 is split over rows 0, 1
+    batch = inputs_and_targets(rows[0])
+    assert batch["weights"][-1] == 0 and batch["weights"][:-1].sum() == 6 + 7  # no target across the padding
+
+
 def test_targets_never_cross_a_document_boundary():
     row = row_fields(next(pack_documents([[10, 11], [12, 13, 14]], 9, BOS, EOS, PAD)), BOS, PAD)
     batch = inputs_and_targets(row)

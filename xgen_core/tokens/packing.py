@@ -3,7 +3,9 @@
 A row holds `seq_len + 1` tokens so that inputs (`row[:-1]`) and next-token targets (`row[1:]`) are both
 `seq_len` long. Documents are `<bos> text <eos>` and fill rows front to back; one that does not fit in
 what is left of a row is split and goes on as a new segment of the next row. Only the last row of a shard set
-ends in padding.
+ends in padding, unless documents are kept whole (`whole_documents`): then a document that fits in a row but not
+in what is left of the current one starts the next row, and the current row ends in padding (a retrieval sample
+split in two would put its question and answer in a row without the text that answers it).
 
 Shards store the tokens alone (uint32, 4 bytes a token): segment ids and positions follow from the boundaries
 and are derived when rows are read (`row_fields`). A segment starts at the row's first token and at every BOS;
@@ -32,8 +34,8 @@ FIELDS = ("tokens", "segment_ids", "positions")
 class RowPacker:
     """Accumulates documents into rows of tokens; `add` and `flush` yield each full row once."""
 
-    def __init__(self, row_len: int, pad_id: int):
-        self.row_len, self.pad_id = row_len, pad_id
+    def __init__(self, row_len: int, pad_id: int, whole_documents: bool = False):
+        self.row_len, self.pad_id, self.whole_documents = row_len, pad_id, whole_documents
         self._new_row()
 
     def _new_row(self):
@@ -47,6 +49,8 @@ class RowPacker:
 
     def add(self, document: np.ndarray) -> Iterator[np.ndarray]:
         """Add one document's ids (BOS and EOS included); yields the rows it completes."""
+        if self.whole_documents and self.filled and self.filled + len(document) > self.row_len >= len(document):
+            yield self._take_row()
         start = 0
         while start < len(document):
             piece = document[start:start + self.row_len - self.filled]
@@ -65,9 +69,9 @@ def with_boundaries(ids: list[int], bos_id: int, eos_id: int) -> np.ndarray:
 
 
 def pack_documents(documents: Iterable[list[int]], seq_len: int, bos_id: int, eos_id: int,
-                   pad_id: int) -> Iterator[np.ndarray]:
+                   pad_id: int, whole_documents: bool = False) -> Iterator[np.ndarray]:
     """Token rows of `seq_len + 1` from documents of token ids (BOS/EOS added here)."""
-    packer = RowPacker(seq_len + 1, pad_id)
+    packer = RowPacker(seq_len + 1, pad_id, whole_documents)
     for ids in documents:
         yield from packer.add(with_boundaries(ids, bos_id, eos_id))
     yield from packer.flush()

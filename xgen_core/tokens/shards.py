@@ -61,13 +61,14 @@ def split_heldout(documents: Iterable[tuple[str, str]], heldout_fraction: float)
 
 
 def pack_stage(tokenizer: Tokenizer, special_ids: dict, documents: Iterable[tuple[str, str]], stage_uri: str,
-               seq_len: int, heldout_fraction: float, rows_per_shard: int, unigram_counts: np.ndarray) -> dict:
+               seq_len: int, heldout_fraction: float, rows_per_shard: int, unigram_counts: np.ndarray,
+               whole_documents: bool = False) -> dict:
     """Pack one stage into `stage_uri/train` and `stage_uri/heldout` in one pass; adds its train tokens to the
     counts."""
     bos, eos, pad = special_ids["bos_id"], special_ids["eos_id"], special_ids["pad_id"]
     splits = {False: "train", True: "heldout"}
     writers = {held: ShardWriter(join(stage_uri, name), rows_per_shard, pad) for held, name in splits.items()}
-    packers = {held: RowPacker(seq_len + 1, pad) for held in splits}
+    packers = {held: RowPacker(seq_len + 1, pad, whole_documents) for held in splits}
     heldout_documents = 0
 
     def write(held: bool, rows: Iterator[np.ndarray]) -> None:
@@ -96,15 +97,17 @@ def pack_stage(tokenizer: Tokenizer, special_ids: dict, documents: Iterable[tupl
 
 
 def pack_curriculum(tokenizer: Tokenizer, tokenizer_config: dict, stage_documents: dict[str, Iterable[tuple[str, str]]],
-                    out_uri: str, seq_len: int, heldout_fraction: float, rows_per_shard: int) -> dict:
-    """Pack every stage (in the given order) and write stages.json and the unigram counts."""
+                    out_uri: str, seq_len: int, heldout_fraction: float, rows_per_shard: int,
+                    whole_documents: bool = False) -> dict:
+    """Pack every stage (in the given order) and write stages.json and the unigram counts; `whole_documents`:
+    see xgen_core/tokens/packing.py."""
     out_uri = normalize_uri(str(out_uri))
     store = store_for(out_uri)
     unigram_counts = np.zeros(tokenizer_config["vocab_size"], np.int64)
     stages = []
     for name, documents in stage_documents.items():
         counts = pack_stage(tokenizer, tokenizer_config, documents, join(out_uri, name), seq_len, heldout_fraction,
-                            rows_per_shard, unigram_counts)
+                            rows_per_shard, unigram_counts, whole_documents)
         stages.append({"name": name, "train_dir": f"{name}/train", "heldout_dir": f"{name}/heldout", **counts})
     buffer = io.BytesIO()
     np.save(buffer, unigram_counts)

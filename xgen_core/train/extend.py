@@ -144,7 +144,7 @@ def _pack_extension_data(ctx, stage: str, settings: ExtendConfig, tokenizer, tok
                                     count_tokens=lambda text: 1 + len(tokenizer.encode(text).ids),
                                     seed=f"{stage}-{cfg.train.seed}")
     packed = pack_curriculum(tokenizer, tokenizer_config, {stage: documents}, data_uri, settings.seq_len,
-                             cfg.pack.heldout_fraction, cfg.pack.rows_per_shard)
+                             cfg.pack.heldout_fraction, cfg.pack.rows_per_shard, settings.whole_documents)
     entry = packed["stages"][0]
     ctx.log(f"{stage} mixture: {entry['train']['rows']} train rows of {settings.seq_len} tokens "
             f"({entry['train']['tokens']:,} tokens), {entry['heldout']['rows']} held-out rows")
