@@ -173,8 +173,10 @@ def test_grpo_policy_step_and_sampler_compile_for_v5p_and_fit(grpo):
     assert {"stage", "profile", "topology", "devices", "fits", "bytes", "hbm_bytes", "flops_per_step",
             "model_flops_per_step", "tokens_per_step"} <= set(report)
     assert (report["stage"], report["devices"], report["fits"], report["attention_impl"]) == ("grpo", 4, True, "splash")
-    # 8 prompts x G 8 rollouts of 256 prompt + tiny's new tokens, read as 384 positions (splash: a multiple of 128)
-    assert report["tokens_per_step"] == 64 * 384
+    # tiny's prompts x G rollouts of 256 prompt + tiny's new tokens, read as 384 positions (splash: a multiple of 128)
+    tiny = load_config("tiny").grpo
+    rollouts = tiny.prompts_per_step * tiny.group_size
+    assert report["tokens_per_step"] == rollouts * 384
     assert report["flops_per_step"] == pytest.approx(report["model_flops_per_step"], rel=0.06)
     assert set(report["programs"]) == {"prefill", "decode"}
     for program in report["programs"].values():
@@ -182,4 +184,4 @@ def test_grpo_policy_step_and_sampler_compile_for_v5p_and_fit(grpo):
         # the optimizer state stays on the chip while the sampler runs on the parameters
         assert program["total_with_resident"] == program["bytes"]["total"] + program["resident_bytes"] > 0
         assert program["resident_bytes"] > 0
-    assert report["programs"]["decode"]["tokens_per_call"] == 64 * load_config("tiny").grpo.max_new_tokens
+    assert report["programs"]["decode"]["tokens_per_call"] == rollouts * tiny.max_new_tokens
