@@ -268,7 +268,7 @@ def decode(weights: DecoderWeights, cache, first_logits, next_positions, key, co
     return tokens, lengths, done
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
@@ -293,8 +293,8 @@ def bucket_shape(n_prompts: int, longest_prompt: int, max_new_tokens: int,
     """(batch, prompt_len, cache_len) of the compiled program a request runs in; `batch_shards`: the mesh's
     data x fsdp size, which the batch must divide by; `length_multiple`: what the prefill's attention kernel
     needs the prompt length to divide by (128 for the TPU's Pallas kernels, attention.length_multiple)."""
-    batch = _round_up(1 << max(0, (n_prompts - 1).bit_length()), batch_shards)
-    prompt_len = _round_up(longest_prompt, math.lcm(PROMPT_BUCKET, length_multiple))
+    batch = round_up(1 << max(0, (n_prompts - 1).bit_length()), batch_shards)
+    prompt_len = round_up(longest_prompt, math.lcm(PROMPT_BUCKET, length_multiple))
     return batch, prompt_len, prompt_len + max_new_tokens
 
 
@@ -365,7 +365,7 @@ def greedy_by_recomputing(model, params, prompts: Sequence[Sequence[int]], max_n
         prompts, batch, prompt_len)
     forward = forward or jax.jit(model.apply)  # a caller may pass one it has already compiled
     for slot in range(prompt_len, cache_len):
-        visible = min(_round_up(slot, length_bucket), cache_len)
+        visible = min(round_up(slot, length_bucket), cache_len)
         logits = forward({"params": params}, tokens[:, :visible], positions[:, :visible], segments[:, :visible])
         tokens[:, slot] = np.asarray(jnp.argmax(logits[:, slot - 1], axis=-1))
         positions[:, slot] = positions[:, slot - 1] + 1

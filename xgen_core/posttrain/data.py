@@ -248,7 +248,7 @@ def problem_of_kind(rng: random.Random, max_operand: int, kind: str) -> tuple[st
     return list_problem(rng, max_operand, kind)
 
 
-def check_math_kinds(kinds) -> None:
+def check_math_kinds(kinds: Sequence[str]) -> None:
     unknown = sorted(set(kinds) - set(MATH_KINDS))
     if unknown:
         raise XgenError(f"unknown maths task kinds {unknown}: the generated family has {list(MATH_KINDS)}")

@@ -87,7 +87,8 @@ def compile_target(cfg, devices, n_layers: int | None = None):
     rows = {name: (2 * settings.batch_size, settings.max_len + 1) for name in fields}
     rows.update(ref_chosen=(settings.batch_size,), ref_rejected=(settings.batch_size,))
     return posttrain_target(cfg, devices, n_layers, "dpo", lambda model: pair_loss(model, settings.beta, fields),
-                            rows, 2 * settings.batch_size * settings.max_len, settings.weight_decay)
+                            rows, 2 * settings.batch_size * settings.max_len, settings.weight_decay,
+                            float_fields=("ref_chosen", "ref_rejected"))
 
 
 def tokenize_pairs(rows: list[dict], template: ChatTemplate, max_len: int, quarantine: Quarantine):

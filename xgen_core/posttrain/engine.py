@@ -190,8 +190,7 @@ def compile_target(cfg, devices, n_layers, section: str, make_loss: Callable, ba
                    tokens_per_step: int, weight_decay: float, float_fields: tuple[str, ...] = ()):
     """A post-training stage's step for `xgen train compile`: the model of the stage it starts from
     (`posttrain_model`), pretraining's optimizer chain, the training mesh, and `batch_fields` (name -> shape; int32,
-    float32 for `float_fields` and names starting ref_) split over the batch axes; `make_loss(model)` is the
-    stage's own loss."""
+    float32 for `float_fields`) split over the batch axes; `make_loss(model)` is the stage's own loss."""
     from xgen_core.model.info import training_flops_per_token
     from xgen_core.train.compile import CompileTarget
 
@@ -205,8 +204,7 @@ def compile_target(cfg, devices, n_layers, section: str, make_loss: Callable, ba
     rows = next(iter(batch_fields.values()))[0]
     if rows % batch_devices:
         raise XgenError(f"{section}: {rows} rows per step do not split over data x fsdp = {batch_devices} devices")
-    floats = lambda name: name.startswith("ref_") or name in float_fields  # noqa: E731
-    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if floats(name) else jnp.int32,
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if name in float_fields else jnp.int32,
                                         sharding=mesh_lib.batch_sharding(mesh, len(shape)))
              for name, shape in batch_fields.items()}
     state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),

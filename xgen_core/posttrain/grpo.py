@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from xgen_core.config import GrpoConfig, MeshConfig, PosttrainRunConfig, TrainConfig
 from xgen_core.errors import XgenError
-from xgen_core.infer.sampler import SamplingConfig, decoder_weights, generate
+from xgen_core.infer.sampler import SamplingConfig, decoder_weights, generate, round_up
 from xgen_core.model.attention import length_multiple, resolve_impl
 from xgen_core.posttrain.chat import ChatTemplate
 from xgen_core.posttrain.data import Quarantine, generated_grpo_rows, load_rows
@@ -92,7 +92,7 @@ def rollout_width(longest_prompt: int, max_new_tokens: int, multiple: int) -> in
     """Columns of a rollout row (prompt + completion, right-padded): the model reads all but the last, a length
     that divides by `multiple`, what the attention kernel accepts (attention.length_multiple: 128 for the TPU's
     Pallas kernels)."""
-    return -(-(longest_prompt + max_new_tokens - 1) // multiple) * multiple + 1
+    return round_up(longest_prompt + max_new_tokens - 1, multiple) + 1
 
 
 def rollout_rows(prompts: list[list[int]], completions: list[list[int]], width: int) -> dict[str, np.ndarray]:
@@ -293,7 +293,8 @@ def compile_target(cfg, devices, n_layers: int | None = None):
     if settings.kl_coef:
         fields["ref_logprobs"] = (rows, width - 1)
     target = posttrain_target(cfg, devices, n_layers, "grpo", lambda m: policy_loss(m, settings), fields,
-                              rows * (width - 1), settings.weight_decay, float_fields=("old_logprobs", "advantages"))
+                              rows * (width - 1), settings.weight_decay,
+                              float_fields=("old_logprobs", "advantages", "ref_logprobs"))
     return dataclasses.replace(target, programs=sampler_compile_targets(model, target, rows, settings))
 
 
