@@ -15,13 +15,20 @@ from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runti
 
 STEPS = 10
 KILLED_RUN = r"""
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {repo_root!r})
 from tests.train.pretrain_fixtures import MICRO_MODEL, STAGE_TOKENS, micro_runtime, micro_train
 from xgen_core.train.loop import pretrain
 
 def kill_at(record):
     if record["step"] == {kill_step}:
+        # Orbax finalises step 3's checkpoint in a background thread; on a loaded host it may not have by step 5.
+        # Wait for it so that the test checks where a kill between checkpoints resumes, not a race with the save.
+        deadline = time.monotonic() + 120
+        while {kill_step} >= 3 and not os.path.isdir(os.path.join({out!r}, "checkpoints", "3")):
+            if time.monotonic() > deadline:
+                sys.exit("step 3's checkpoint was not finalised within 120 s")
+            time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
 
 pretrain({packed_dir!r}, {out!r}, MICRO_MODEL, micro_train(), micro_runtime(max_steps={steps}), STAGE_TOKENS,
