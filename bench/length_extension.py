@@ -80,6 +80,7 @@ def parse_args():
     parser.add_argument("--copy-share", type=float, default=0.0,
                         help="copy documents' share in the (b) and (c) mixture (the same for both)")
     parser.add_argument("--copy-pairs", type=int, default=6, help="key-value lines per copy document, at most")
+    parser.add_argument("--copy-repeats", type=int, default=0, help="verbatim repeats of a copy document's listing")
     parser.add_argument("--teach-only", action="store_true",
                         help="stop after the teaching phase and evaluate (t) alone (a probe before the full run)")
     return parser.parse_args()
@@ -105,6 +106,7 @@ def extension_overrides(args, seq_len: int, long_len: int, rope_theta: float | N
         "extend_32k.attention_impl=xla", f"extend_32k.whole_documents={str(args.whole_documents).lower()}",
         f"extend_32k.copy_share={args.copy_share if copy_share is None else copy_share}",
         f"extend_32k.copy_pairs={args.copy_pairs}",
+        f"extend_32k.copy_repeats={args.copy_repeats}",
     ]
 
 

@@ -666,6 +666,7 @@ class ExtendConfig(Section):
     whole_documents: bool                 # a document that fits a row is never split across two (padding instead)
     copy_share: Share                     # share of characters from synthetic copy documents (0: none)
     copy_pairs: int = Field(ge=1)         # a copy document holds 1 to copy_pairs key-value lines
+    copy_repeats: int = Field(ge=0)       # its listing is repeated verbatim this many times before the recall
 
     @model_validator(mode="after")
     def _fits_the_model(self):

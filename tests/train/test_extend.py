@@ -89,6 +89,7 @@ def test_retrieval_documents_fail_clearly_when_none_can_be_built():
 
 def copy_lines(document: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """A copy document's (key, value) lines before and after the recall line."""
+    assert document.startswith("Remember these numbers.\n")
     listed, answered = document.split("\nNow the numbers again.\n")
     pattern = re.compile(r"The number for (\S+) is:? (\d+)\.")
     return ([pattern.fullmatch(line).groups() for line in listed.split("\n")[1:]],
@@ -108,6 +109,13 @@ def test_copy_documents_ask_every_value_back_and_are_the_same_for_a_seed():
         assert all(len(value) == 7 for _, value in listed)  # RULER's needle values
         sizes.add(len(listed))
     assert sizes == {1, 2, 3, 4, 5}
+
+
+def test_copy_documents_repeat_their_listing_verbatim():
+    once, thrice = (retrieval_settings(copy_share=0.3, copy_pairs=4, copy_repeats=r) for r in (0, 2))
+    for (plain, _), (repeated, _) in itertools.islice(zip(copy_documents(once, "s1"), copy_documents(thrice, "s1")), 20):
+        listed, answered = copy_lines(plain)
+        assert copy_lines(repeated) == (listed * 3, answered)  # same keys, values and recall order
 
 
 def test_copy_and_retrieval_documents_take_their_share_of_all_characters():

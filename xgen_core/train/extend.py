@@ -15,8 +15,8 @@ paper's recipe: at tiny scale no corpus document is long enough to need retrieva
 uses them to measure what the extension itself buys.
 
 With `copy_share` > 0, synthetic copy documents take that share: 1 to `copy_pairs` lines "The number for {key} is:
-{value}." (RULER's needle keys and 7-digit values, drawn from the stage's seed), then the same lines asked back in
-shuffled order. A 7-digit value is several tokens, so most of a document's second half is predictable only by
+{value}." (RULER's needle keys and 7-digit values, drawn from the stage's seed), repeated verbatim `copy_repeats`
+times, then the same lines asked back in shuffled order. A 7-digit value is several tokens, so most of a document's second half is predictable only by
 copying what came before (an induction mechanism), the capability RULER's exact match needs after the needle is
 found. Also not the paper's recipe: bench/length_extension.py's teaching phase uses them.
 """
@@ -111,8 +111,9 @@ COPY_ANSWER = "The number for {key} is {value}."
 
 
 def copy_documents(settings: ExtendConfig, seed: str) -> Iterator[tuple[str, str]]:
-    """Endless (document, cluster id): 1 to `copy_pairs` distinct keys with random values, listed, then asked back
-    in another order with their values; the same seed gives the same documents."""
+    """Endless (document, cluster id): 1 to `copy_pairs` distinct keys with random values, listed (1 +
+    `copy_repeats` times: a verbatim repeat is all copying, the densest signal), then asked back in another order
+    with their values; the same seed gives the same documents."""
     from xgen_core.evals.ruler_tasks import _random_value
 
     for index in itertools.count():
@@ -124,7 +125,8 @@ def copy_documents(settings: ExtendConfig, seed: str) -> Iterator[tuple[str, str
         rng.shuffle(asked)
         listed = [COPY_LINE.format(key=key, value=value) for key, value in keys.items()]
         answered = [COPY_ANSWER.format(key=key, value=keys[key]) for key in asked]
-        yield "\n".join([COPY_HEADER, *listed, COPY_RECALL, *answered]), f"copy-{seed}-{index}"
+        lines = [COPY_HEADER, *listed * (1 + settings.copy_repeats), COPY_RECALL, *answered]
+        yield "\n".join(lines), f"copy-{seed}-{index}"
 
 
 def extension_documents(mixture_uri: str, curriculum: list[str], settings: ExtendConfig, chars_per_token: float,
