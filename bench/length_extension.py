@@ -14,8 +14,10 @@ documents that fit the original length (their answer in the same row as the need
 `pretrain` input of (b) and (c) (`--input pretrain=URI`). The tiny model pretrained for 100 steps learns no
 retrieval in a few hundred steps of a 0.5 share with documents cut into rows, so without it (b) and (c) both score
 ~0 everywhere and length extension has nothing to extend; row "(t) taught" is that starting point. (1,400 teaching
-steps were not enough either: the models find the needle but copy only its first token; see docs/benchmarks.md and
-the leading-digits diagnostic below.) Their extension mixture
+steps on retrieval documents alone were not enough either: the models find the needle but copy only its first
+token; see docs/benchmarks.md and the leading-digits diagnostic below. `--teach-copy-share` adds copy documents,
+`extend_32k.copy_share`: key-value lines whose multi-token values are asked back, which teach the copying.)
+Their extension mixture
 includes synthetic retrieval documents (RULER's niah generators with their answers, `extend_32k.retrieval_share`,
 keys and values from the stage's seed): at tiny scale no corpus document is long enough to need retrieval. The
 three are then scored by RULER's niah tasks (the `ruler` stage's own evaluate, its evaluation seed, haystacks from
