@@ -114,13 +114,13 @@ def copy_documents(settings: ExtendConfig, seed: str) -> Iterator[tuple[str, str
     """Endless (document, cluster id): 1 to `copy_pairs` distinct keys with random values, listed (1 +
     `copy_repeats` times: a verbatim repeat is all copying, the densest signal), then asked back in another order
     with their values; the same seed gives the same documents."""
-    from xgen_core.evals.ruler_tasks import _random_value
+    from xgen_core.evals.ruler_tasks import random_value
 
     for index in itertools.count():
         rng = random.Random(f"copy-{seed}-{index}")
         keys: dict[str, str] = {}
         for _ in range(rng.randint(1, settings.copy_pairs)):
-            keys.setdefault(_random_value("words", rng), _random_value("numbers", rng))
+            keys.setdefault(random_value("words", rng), random_value("numbers", rng))
         asked = list(keys)
         rng.shuffle(asked)
         listed = [COPY_LINE.format(key=key, value=value) for key, value in keys.items()]
