@@ -14,8 +14,10 @@ documents that fit the original length (their answer in the same row as the need
 `pretrain` input of (b) and (c) (`--input pretrain=URI`). The tiny model pretrained for 100 steps learns no
 retrieval in a few hundred steps of a 0.5 share with documents cut into rows, so without it (b) and (c) both score
 ~0 everywhere and length extension has nothing to extend; row "(t) taught" is that starting point. (1,400 teaching
-steps were not enough either: the models find the needle but copy only its first token; see docs/benchmarks.md and
-the leading-digits diagnostic below.) Their extension mixture
+steps on retrieval documents alone were not enough either: the models find the needle but copy only its first
+token; see docs/benchmarks.md and the leading-digits diagnostic below. `--teach-copy-share` adds copy documents,
+`extend_32k.copy_share`: key-value lines whose multi-token values are asked back, which teach the copying.)
+Their extension mixture
 includes synthetic retrieval documents (RULER's niah generators with their answers, `extend_32k.retrieval_share`,
 keys and values from the stage's seed): at tiny scale no corpus document is long enough to need retrieval. The
 three are then scored by RULER's niah tasks (the `ruler` stage's own evaluate, its evaluation seed, haystacks from
@@ -75,13 +77,23 @@ def parse_args():
     parser.add_argument("--teach-from", help="artifact the teaching phase starts from (default: pretrain's)")
     parser.add_argument("--teach-retrieval-share", type=float, default=0.75)
     parser.add_argument("--teach-peak-lr", type=float, default=2e-3)
+    parser.add_argument("--teach-copy-share", type=float, default=0.0,
+                        help="share of the teaching mixture's characters from copy documents (extend_32k.copy_share)")
+    parser.add_argument("--copy-share", type=float, default=0.0,
+                        help="copy documents' share in the (b) and (c) mixture (the same for both)")
+    parser.add_argument("--copy-pairs", type=int, default=6, help="key-value lines per copy document, at most")
+    parser.add_argument("--copy-repeats", type=int, default=0, help="verbatim repeats of a copy document's listing")
+    parser.add_argument("--teach-only", action="store_true",
+                        help="stop after the teaching phase and evaluate (t) alone (a probe before the full run)")
     return parser.parse_args()
 
 
 def extension_overrides(args, seq_len: int, long_len: int, rope_theta: float | None, steps: int | None = None,
-                        peak_lr: float | None = None, retrieval_share: float | None = None) -> list[str]:
+                        peak_lr: float | None = None, retrieval_share: float | None = None,
+                        copy_share: float | None = None) -> list[str]:
     """extend_32k at `seq_len`; the data (long documents, retrieval documents up to `long_len`) is the same for both.
-    `steps`, `peak_lr`, `retrieval_share` default to the extension's (the teaching phase sets its own)."""
+    `steps`, `peak_lr`, `retrieval_share`, `copy_share` default to the extension's (the teaching phase sets its
+    own)."""
     steps = args.steps if steps is None else steps
     rows = args.tokens_per_step // seq_len
     theta = [f"extend_32k.rope_theta={rope_theta}"] if rope_theta else []
@@ -94,6 +106,9 @@ def extension_overrides(args, seq_len: int, long_len: int, rope_theta: float | N
         f"extend_32k.retrieval_tasks=[{args.tasks}]", f"extend_32k.retrieval_min_tokens={args.retrieval_min_tokens}",
         f"extend_32k.retrieval_max_tokens={long_len}", f"extend_32k.long_doc_tokens={2 * long_len}",
         "extend_32k.attention_impl=xla", f"extend_32k.whole_documents={str(args.whole_documents).lower()}",
+        f"extend_32k.copy_share={args.copy_share if copy_share is None else copy_share}",
+        f"extend_32k.copy_pairs={args.copy_pairs}",
+        f"extend_32k.copy_repeats={args.copy_repeats}",
     ]
 
 
@@ -101,7 +116,8 @@ def teach_retrieval(args, base: list[str], original: int, theta: float) -> str:
     """The retrieval-teaching phase: extend_32k at the original length and RoPE base, retrieval documents that fit a
     row; its artifact URI (the starting point of (b) and (c))."""
     overrides = extension_overrides(args, original, original, theta, steps=args.teach_steps,
-                                    peak_lr=args.teach_peak_lr, retrieval_share=args.teach_retrieval_share)
+                                    peak_lr=args.teach_peak_lr, retrieval_share=args.teach_retrieval_share,
+                                    copy_share=args.teach_copy_share)
     start = [f"pretrain={args.teach_from}"] if args.teach_from else []
     print(f"(t) taught: extend_32k with {' '.join(overrides)}{' from ' + start[0] if start else ''}", flush=True)
     return run_stage(load_config(args.profile, base + overrides), "extend_32k", "bench-length-extension",
@@ -129,6 +145,9 @@ def niah_scores(uri: str, cfg, tasks: list[str], lengths: list[int],
     _, predictions, skipped = evaluate(model, builder, tasks, lengths, samples, uri)
     if skipped:
         raise SystemExit(f"RULER cells could not be built: {skipped}")
+    for length in lengths:
+        first = next(p for p in predictions if p["length"] == length)
+        print(f"  e.g. @ {length} {first['task']}: {first['prediction'][:60]!r} for {first['references']}", flush=True)
     return {length: cell_summary([p for p in predictions if p["length"] == length], tasks) for length in lengths}, model
 
 
@@ -165,7 +184,12 @@ def main() -> None:
     if args.teach_steps:
         models["(t) taught"] = teach_retrieval(args, base, original, pretrained_theta)
         start = [f"pretrain={models['(t) taught']}"]
-    for label, seq_len, theta in (("(b) control", original, pretrained_theta), ("(c) extended", long, None)):
+    elif args.teach_only:
+        raise SystemExit("--teach-only needs --teach-steps")
+    if args.teach_only:
+        del models["(a) pretrained"]
+    for label, seq_len, theta in (("(b) control", original, pretrained_theta),
+                                  ("(c) extended", long, None))[:0 if args.teach_only else 2]:
         overrides = extension_overrides(args, seq_len, long, theta)
         print(f"{label}: extend_32k with {' '.join(overrides)}{' from ' + start[0] if start else ''}", flush=True)
         extended = run_stage(load_config(args.profile, base + overrides), "extend_32k", "bench-length-extension",
@@ -184,8 +208,8 @@ def main() -> None:
     print(f"\nRULER niah average ({', '.join(tasks)}; {args.samples} samples each), 0-100 (± standard error over "
           f"the {len(tasks) * args.samples} samples of a cell), and held-out loss at {original} tokens; {args.steps} "
           f"extension steps of {args.tokens_per_step} tokens, retrieval share {args.retrieval_share}"
-          + (f"; teaching phase {args.teach_steps} steps, retrieval share {args.teach_retrieval_share}"
-             if args.teach_steps else "")
+          + (f"; teaching phase {args.teach_steps} steps, retrieval share {args.teach_retrieval_share}, copy "
+             f"share {args.teach_copy_share}" if args.teach_steps else "")
           + f"; {trained_s:.0f} s to train, {time.perf_counter() - started:.0f} s in all\n")
     header = " | ".join(f"@ {n} ({n // original}x)" for n in lengths)
     print(f"| model | {header} | held-out loss @ {original} |")
@@ -204,6 +228,11 @@ def main() -> None:
     for label in models:
         for task in tasks:
             print(f"| {label} | {task} | " + " | ".join(f"{table[label][n][task]:.0f}" for n in lengths) + " |")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"models": models, "niah": table, "heldout_loss": losses, "args": vars(args)}, out, indent=1)
+    if args.teach_only:
+        return
     extended, control = table["(c) extended"], table["(b) control"]
     print()
     for factor in (4, 1):
@@ -218,9 +247,6 @@ def main() -> None:
     for label in ("(c) extended", "(b) control"):
         print(f"held-out loss at {original}: {label} / (a) pretrained = "
               f"{losses[label] / losses['(a) pretrained']:.3f}, / {reference} = {losses[label] / losses[reference]:.3f}")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"models": models, "niah": table, "heldout_loss": losses, "args": vars(args)}, out, indent=1)
 
 
 if __name__ == "__main__":

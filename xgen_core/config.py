@@ -664,12 +664,17 @@ class ExtendConfig(Section):
     retrieval_min_tokens: int = Field(ge=32)  # their lengths in tokens spread uniformly over [min, max]
     retrieval_max_tokens: int = Field(ge=32)  # (packing cuts a longer one into rows like any long document)
     whole_documents: bool                 # a document that fits a row is never split across two (padding instead)
+    copy_share: Share                     # share of characters from synthetic copy documents (0: none)
+    copy_pairs: int = Field(ge=1)         # a copy document holds 1 to copy_pairs key-value lines
+    copy_repeats: int = Field(ge=0)       # its listing is repeated verbatim this many times before the recall
 
     @model_validator(mode="after")
     def _fits_the_model(self):
         require(self.seq_len <= self.max_seq_len, "max_seq_len", self.max_seq_len, f">= seq_len ({self.seq_len})")
         require(self.batch_size % self.grad_accum_steps == 0, "grad_accum_steps", self.grad_accum_steps,
                 f"a divisor of batch_size ({self.batch_size})")
+        require(self.retrieval_share + self.copy_share <= 1, "copy_share", self.copy_share,
+                f"<= 1 - retrieval_share ({1 - self.retrieval_share:g})")
         if self.retrieval_share:
             require(self.retrieval_min_tokens <= self.retrieval_max_tokens, "retrieval_min_tokens",
                     self.retrieval_min_tokens, f"<= retrieval_max_tokens ({self.retrieval_max_tokens})")

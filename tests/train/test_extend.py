@@ -3,6 +3,7 @@ attention across documents at the extended length."""
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,9 @@ from xgen_core.tokens.packing import row_fields
 from xgen_core.tokens.shards import pack_curriculum
 from xgen_core.tokens.tokenizer import tokenizer_config, train_tokenizer
 from xgen_core.train.checkpoint import Checkpointer
-from xgen_core.train.extend import long_documents, mix_by_characters, retrieval_documents
+from xgen_core.train.extend import (
+    copy_documents, long_documents, mix_by_characters, retrieval_documents, with_synthetic,
+)
 from xgen_core.train.loop import Continuation, pretrain
 from xgen_core.train.metrics import read_metrics
 
@@ -82,6 +85,55 @@ def test_retrieval_documents_fail_clearly_when_none_can_be_built():
     settings = retrieval_settings(retrieval_min_tokens=32, retrieval_max_tokens=33)
     with pytest.raises(XgenError, match="could not be built"):
         next(retrieval_documents(word_count, ["a b c."], settings, "s1"))
+
+
+def copy_lines(document: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A copy document's (key, value) lines before and after the recall line."""
+    assert document.startswith("Remember these numbers.\n")
+    listed, answered = document.split("\nNow the numbers again.\n")
+    pattern = re.compile(r"The number for (\S+) is:? (\d+)\.")
+    return ([pattern.fullmatch(line).groups() for line in listed.split("\n")[1:]],
+            [pattern.fullmatch(line).groups() for line in answered.split("\n")])
+
+
+def test_copy_documents_ask_every_value_back_and_are_the_same_for_a_seed():
+    settings = retrieval_settings(copy_share=0.3, copy_pairs=5)
+    documents = list(itertools.islice(copy_documents(settings, "s1"), 60))
+    assert documents == list(itertools.islice(copy_documents(settings, "s1"), 60))
+    assert not {t for t, _ in documents} & {t for t, _ in itertools.islice(copy_documents(settings, "s2"), 60)}
+    assert len({cluster for _, cluster in documents}) == 60
+    sizes = set()
+    for text, _ in documents:
+        listed, answered = copy_lines(text)
+        assert sorted(listed) == sorted(answered) and len(dict(listed)) == len(listed)
+        assert all(len(value) == 7 for _, value in listed)  # RULER's needle values
+        sizes.add(len(listed))
+    assert sizes == {1, 2, 3, 4, 5}
+
+
+def test_copy_documents_repeat_their_listing_verbatim():
+    once, thrice = (retrieval_settings(copy_share=0.3, copy_pairs=4, copy_repeats=r) for r in (0, 2))
+    for (plain, _), (repeated, _) in itertools.islice(zip(copy_documents(once, "s1"), copy_documents(thrice, "s1")), 20):
+        listed, answered = copy_lines(plain)
+        assert copy_lines(repeated) == (listed * 3, answered)  # same keys, values and recall order
+
+
+def test_copy_and_retrieval_documents_take_their_share_of_all_characters():
+    settings = retrieval_settings(retrieval_share=0.4, copy_share=0.3)
+    corpus = ((f"corpus {i} " * 30, f"c{i}") for i in itertools.count())
+    retrieval = ((f"retrieval {i} " * 50, f"retrieval-{i}") for i in itertools.count())
+    mixed = list(itertools.islice(with_synthetic(corpus, retrieval, settings, "s1"), 3000))
+    chars = {kind: sum(len(t) for t, c in mixed if c.startswith(kind)) for kind in ("c", "retrieval", "copy")}
+    total = sum(len(t) for t, _ in mixed)
+    assert abs(chars["copy"] / total - 0.3) < 0.01 and abs(chars["retrieval"] / total - 0.4) < 0.01
+    only_corpus = retrieval_settings(retrieval_share=0.0, copy_share=0.0)
+    corpus_documents = [("corpus", "c1"), ("more", "c2")]
+    assert list(with_synthetic(corpus_documents, None, only_corpus, "s1")) == corpus_documents
+
+
+def test_copy_and_retrieval_shares_cannot_exceed_the_whole():
+    with pytest.raises(Exception, match="copy_share"):
+        retrieval_settings(retrieval_share=0.8, copy_share=0.3)
 
 
 @pytest.fixture(scope="module")

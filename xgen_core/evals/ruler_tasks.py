@@ -188,7 +188,7 @@ def _word_lists() -> tuple[list[str], list[str], list[str]]:
     return read("nounlist.txt"), read("adjectivelist.txt"), read("verblist.txt")
 
 
-def _random_value(kind: str, rng: random.Random) -> str:
+def random_value(kind: str, rng: random.Random) -> str:
     if kind == "numbers":
         return str(rng.randint(10**6, 10**7 - 1))
     if kind == "words":
@@ -223,8 +223,8 @@ def niah(size: int, rng: random.Random, corpus: Corpus, args: dict) -> tuple[str
     kind_k, kind_v = args["type_needle_k"], args["type_needle_v"]
     keys, values, needles = [], [], []
     for _ in range(num_k):
-        keys.append(_random_value(kind_k, rng))
-        values.append([_random_value(kind_v, rng) for _ in range(args["num_needle_v"])])
+        keys.append(random_value(kind_k, rng))
+        values.append([random_value(kind_v, rng) for _ in range(args["num_needle_v"])])
         needles += [NEEDLE.format(type_needle_v=kind_v, key=keys[-1], value=value) for value in values[-1]]
     rng.shuffle(needles)
     if args["type_haystack"] == "essay":
@@ -233,8 +233,8 @@ def niah(size: int, rng: random.Random, corpus: Corpus, args: dict) -> tuple[str
         if args["type_haystack"] == "noise":
             sentences = [NOISE] * size
         else:  # "needle": distractor needles with keys and values of their own
-            sentences = [NEEDLE.format(type_needle_v=kind_v, key=_random_value(kind_k, rng),
-                                       value=_random_value(kind_v, rng)) for _ in range(size)]
+            sentences = [NEEDLE.format(type_needle_v=kind_v, key=random_value(kind_k, rng),
+                                       value=random_value(kind_v, rng)) for _ in range(size)]
         for index, needle in zip(sorted(rng.sample(range(size), len(needles)), reverse=True), needles):
             sentences.insert(index, needle)
         context = "\n".join(sentences)

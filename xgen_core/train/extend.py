@@ -13,6 +13,12 @@ generators (xgen_core/evals/ruler_tasks.py) with their answers appended, keys an
 own seed (not RULER's evaluation seed), lengths spread over [`retrieval_min_tokens`, `retrieval_max_tokens`]. Not the
 paper's recipe: at tiny scale no corpus document is long enough to need retrieval, and bench/length_extension.py
 uses them to measure what the extension itself buys.
+
+With `copy_share` > 0, synthetic copy documents take that share: 1 to `copy_pairs` lines "The number for {key} is:
+{value}." (RULER's needle keys and 7-digit values, drawn from the stage's seed), repeated verbatim `copy_repeats`
+times, then the same lines asked back in shuffled order. A 7-digit value is several tokens, so most of a document's second half is predictable only by
+copying what came before (an induction mechanism), the capability RULER's exact match needs after the needle is
+found. Also not the paper's recipe: bench/length_extension.py's teaching phase uses them.
 """
 
 from __future__ import annotations
@@ -98,12 +104,38 @@ def retrieval_documents(count_tokens: Callable[[str], int], haystack_texts: list
         yield f"{sample.prompt} {' '.join(sample.references)}", f"retrieval-{seed}-{index}"
 
 
+COPY_HEADER = "Remember these numbers."
+COPY_RECALL = "Now the numbers again."
+COPY_LINE = "The number for {key} is: {value}."
+COPY_ANSWER = "The number for {key} is {value}."
+
+
+def copy_documents(settings: ExtendConfig, seed: str) -> Iterator[tuple[str, str]]:
+    """Endless (document, cluster id): 1 to `copy_pairs` distinct keys with random values, listed (1 +
+    `copy_repeats` times: a verbatim repeat is all copying, the densest signal), then asked back in another order
+    with their values; the same seed gives the same documents."""
+    from xgen_core.evals.ruler_tasks import random_value
+
+    for index in itertools.count():
+        rng = random.Random(f"copy-{seed}-{index}")
+        keys: dict[str, str] = {}
+        for _ in range(rng.randint(1, settings.copy_pairs)):
+            keys.setdefault(random_value("words", rng), random_value("numbers", rng))
+        asked = list(keys)
+        rng.shuffle(asked)
+        listed = [COPY_LINE.format(key=key, value=value) for key, value in keys.items()]
+        answered = [COPY_ANSWER.format(key=key, value=keys[key]) for key in asked]
+        lines = [COPY_HEADER, *listed * (1 + settings.copy_repeats), COPY_RECALL, *answered]
+        yield "\n".join(lines), f"copy-{seed}-{index}"
+
+
 def extension_documents(mixture_uri: str, curriculum: list[str], settings: ExtendConfig, chars_per_token: float,
                         heldout_fraction: float, count_tokens: Callable[[str], int],
                         seed: str) -> Iterator[tuple[str, str]]:
     """The stage's mixture: long documents from every curriculum stage's documents (each once), mixed with the
     short documents (with the mixture's repeats) of `settings.short_stages`, and with retrieval documents when
-    `retrieval_share` > 0 (their haystacks from training documents; `count_tokens` measures their length)."""
+    `retrieval_share` > 0 (their haystacks from training documents; `count_tokens` measures their length) and copy
+    documents when `copy_share` > 0 (both shares of all the stage's characters)."""
     sources = curriculum_sources(mixture_uri, curriculum)
     columns = [TEXT_COLUMN, CLUSTER_COLUMN, settings.group_by]
 
@@ -118,12 +150,25 @@ def extension_documents(mixture_uri: str, curriculum: list[str], settings: Exten
     target_chars = int(settings.long_doc_tokens * chars_per_token)
     long = long_documents(corpus_rows(), target_chars, heldout_fraction)
     mixed = mix_by_characters(long, short_rows(), settings.long_share)
-    if not settings.retrieval_share:
-        return mixed
-    training = (text for text, cluster, _ in corpus_rows() if not is_heldout_cluster(cluster, heldout_fraction))
-    haystack = list(itertools.islice(training, RETRIEVAL_HAYSTACK_DOCUMENTS))
-    retrieval = retrieval_documents(count_tokens, haystack, settings, seed)
-    return mix_by_characters(retrieval, mixed, settings.retrieval_share)
+    retrieval = None
+    if settings.retrieval_share:
+        training = (text for text, cluster, _ in corpus_rows() if not is_heldout_cluster(cluster, heldout_fraction))
+        haystack = list(itertools.islice(training, RETRIEVAL_HAYSTACK_DOCUMENTS))
+        retrieval = retrieval_documents(count_tokens, haystack, settings, seed)
+    return with_synthetic(mixed, retrieval, settings, seed)
+
+
+def with_synthetic(corpus: Iterable[tuple[str, str]], retrieval: Iterable[tuple[str, str]] | None,
+                   settings: ExtendConfig, seed: str) -> Iterable[tuple[str, str]]:
+    """Corpus documents mixed with copy documents at `copy_share` and retrieval documents at `retrieval_share`,
+    both of all the characters (copy documents take their share of what retrieval leaves)."""
+    mixed = corpus
+    if settings.copy_share:
+        left = 1 - settings.retrieval_share
+        mixed = mix_by_characters(copy_documents(settings, seed), mixed, min(1.0, settings.copy_share / left))
+    if settings.retrieval_share:
+        mixed = mix_by_characters(retrieval, mixed, settings.retrieval_share)
+    return mixed
 
 
 def extension_train_config(cfg: XgenConfig, settings: ExtendConfig):
