@@ -169,8 +169,7 @@ def checked_edges(
         return verified_edges(candidates.select("src", "dst"), node_signatures, params, partitions)
     new_pairs = candidates.filter(~F.col("old_pair")).select("src", "dst")
     old_pairs = previous.join(candidates.filter("old_pair").select("src", "dst"), ["src", "dst"], "left_semi")
-    # Laid out by dst as verified_edges lays out its pairs: connected components contracts each partition first.
-    return verified_edges(new_pairs, node_signatures, params, partitions).unionByName(old_pairs).repartition(partitions, "dst")
+    return verified_edges(new_pairs, node_signatures, params, partitions).unionByName(old_pairs)
 
 
 # Rows keyed by a node: its signature (kind 0), or an edge from it to `other` (kind 1, with other's signature once
