@@ -148,8 +148,7 @@ def test_refresh_with_a_new_snapshot_equals_a_run_from_scratch(spark, tmp_path):
     scratch = run_dedup(spark, everything, str(tmp_path / "scratch"), PARAMS)
     assert first["snapshots_reusing_signatures"] == 0
     assert refreshed["snapshots_reusing_signatures"] == len(snapshots) - 1
-    assert refreshed["previous_checked_pairs_reused"] == 1
-    for folder in ("data", "quarantine", "signatures", "signature_index", "edges"):
+    for folder in ("data", "signatures", "signature_index"):
         assert same_files(tmp_path / "refresh" / folder, tmp_path / "scratch" / folder), folder
     # Longevity grows as old documents reappear in the new snapshot.
     before = {r["id"]: r["n_snapshots"] for r in read_data(tmp_path / "first")}
@@ -184,29 +183,9 @@ def test_a_refresh_signs_only_the_new_snapshot_and_reads_the_old_ones_once(spark
     assert refreshed["documents_read_to_sign"] == len(new_rows)
     assert scratch["texts_signed"] >= len({(r["snapshot"], r["text"]) for r in rows})
     assert scratch["documents_read_to_sign"] == len(rows)
-    assert refreshed["previous_checked_pairs_reused"] == 1 and scratch["previous_checked_pairs_reused"] == 0
-    for folder in ("data", "quarantine", "signatures", "signature_index", "edges"):
+    for folder in ("data", "quarantine", "signatures", "signature_index"):
         assert same_files(tmp_path / "refresh" / folder, tmp_path / "scratch" / folder), folder
     assert refreshed["documents"] == scratch["documents"] == len(rows)
-
-
-def test_a_refresh_without_one_of_the_previous_snapshots_checks_every_pair(spark, tmp_path):
-    """The previous run's checked pairs are taken only where its texts are this run's old texts: not when a snapshot
-    it covered is gone (its texts shaped the previous buckets)."""
-    _, rows = labelled_rows(300, seed=7)
-    snapshots = sorted({row["snapshot"] for row in rows})
-    parts = {
-        snapshot: write_parquet_rows(tmp_path / "in" / snapshot / "part-0.parquet", [r for r in rows if r["snapshot"] == snapshot])
-        for snapshot in snapshots
-    }
-    run_dedup(spark, [parts[s] for s in snapshots[:-1]], str(tmp_path / "first"), PARAMS)
-    later = [parts[s] for s in snapshots[1:]]
-    refreshed = run_dedup(spark, later, str(tmp_path / "refresh"), PARAMS, previous=str(tmp_path / "first"))
-    run_dedup(spark, later, str(tmp_path / "scratch"), PARAMS)
-    assert refreshed["snapshots_reusing_signatures"] == len(snapshots) - 2
-    assert refreshed["previous_checked_pairs_reused"] == 0
-    for folder in ("data", "quarantine", "signatures", "signature_index", "edges"):
-        assert same_files(tmp_path / "refresh" / folder, tmp_path / "scratch" / folder), folder
 
 
 def test_an_empty_input_gives_empty_readable_outputs(spark, tmp_path):

@@ -98,24 +98,3 @@ def test_bucket_members_are_paired_with_a_few_neighbours_not_all_pairs():
     src, dst = bucket_neighbour_pairs(np.zeros_like(members), members)
     assert len(src) == sum(len(members) - d for d in range(1, BUCKET_NEIGHBOURS + 1))
     assert np.all(src > dst)
-
-
-def test_a_refresh_finds_its_old_old_pairs_among_the_pairs_of_the_old_members_alone():
-    """What lets a refresh take the previous run's checked pairs: new members only push old ones apart in a bucket."""
-    from xgen_core.data.dedup.candidates import bucket_neighbour_pairs
-
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        nodes = rng.choice(1_000_000, rng.integers(2, 40), replace=False).astype(np.int64)
-        keys = rng.integers(0, 3, len(nodes)).astype(np.int64)
-        is_old = rng.random(len(nodes)) < 0.7
-        # Some old texts reappear in the new snapshot: a second row, flagged new, in the same bucket.
-        again = is_old & (rng.random(len(nodes)) < 0.3)
-        node, key = np.concatenate([nodes, nodes[again]]), np.concatenate([keys, keys[again]])
-        old = np.concatenate([is_old, np.zeros(again.sum(), dtype=bool)])
-        src, dst, old_pair = bucket_neighbour_pairs(key, node, old=old)
-        old_nodes = set(nodes[is_old].tolist())
-        assert old_pair.tolist() == [s in old_nodes and d in old_nodes for s, d in zip(src.tolist(), dst.tolist())]
-        assert (src.tolist(), dst.tolist()) == tuple(a.tolist() for a in bucket_neighbour_pairs(key, node))
-        before = set(zip(*(a.tolist() for a in bucket_neighbour_pairs(keys[is_old], nodes[is_old]))))
-        assert set(zip(src[old_pair].tolist(), dst[old_pair].tolist())) <= before

@@ -5,8 +5,7 @@ never enter the JVM):
   documents   Python tasks read the input chunks, quarantine bad rows and hash each text (exact key = graph node)
   signatures  MinHash per distinct text, vectorised per batch; reused from a previous run for unchanged snapshots
   candidates  LSH band buckets -> candidate pairs inside each bucket -> each distinct pair's MinHash-estimated Jaccard
-              check (a sorted join by hand: pairs meet their src's signature, then their dst's); a refresh takes the
-              previous run's checked pairs between earlier texts and checks only the pairs that touch a new one
+              check (a sorted join by hand: pairs meet their src's signature, then their dst's)
   components  connected components of the checked pairs (each partition contracted to stars, then large-star /
               small-star until every component is a star)
   clusters    per cluster: size, snapshots, domains, first/last seen; top-k distinct variants kept, the rest flagged
@@ -25,7 +24,7 @@ from pyspark.sql import functions as F
 
 from xgen_core.config import DedupConfig
 from xgen_core.data import prepared_layout
-from xgen_core.data.dedup.candidates import candidate_edges, checked_edges, previous_checked_edges, store_checked_edges
+from xgen_core.data.dedup.candidates import candidate_edges, verified_edges
 from xgen_core.data.dedup.components import connected_components
 from xgen_core.data.dedup.documents import (
     PER_DOCUMENT_SCHEMA, chunk_frame, parquet_inputs, scan_chunks, sign_new_snapshots, unified_schema,
@@ -45,14 +44,12 @@ def run_dedup(
     previous: str | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index,
-    edges}; returns counts.
+    """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
     The texts are read by Python tasks, never shipped through Spark: once to check, hash and sign them, once to
     write them out with their annotations. A refresh signs them in a read of its own, of only the chunks that hold
-    a snapshot it cannot reuse (it knows which once every text is hashed); where it reuses every snapshot of
-    `previous`, it also takes the pairs checked there and checks only those that touch a new text.
+    a snapshot it cannot reuse (it knows which once every text is hashed).
     """
     started = time.perf_counter()
 
@@ -78,27 +75,22 @@ def run_dedup(
         reused, fresh, read_to_sign = [], scanned_signatures(per_document), sum(chunk.row_count for chunk in chunks)
     # Fresh signatures from memory, reused ones from the previous output.
     signatures = signatures_of(fresh, spark, previous, reused)
-    previous_edges = previous_checked_edges(spark, previous, reused, params)
     with ThreadPoolExecutor(max_workers=1) as background:
-        # Nothing below reads the stored signatures or pairs: Spark runs their writes in the gaps of the graph jobs.
-        stored = [background.submit(store_signatures, fresh, fingerprints, output_uri, previous, reused)]
+        # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
+        stored = background.submit(store_signatures, fresh, fingerprints, output_uri, previous, reused)
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
         edges = candidate_edges(signatures, params, partitions)
         if params.verify_jaccard:
-            # A refresh over every earlier snapshot checks only the pairs that touch a new text.
-            edges = checked_edges(edges, signatures, params, partitions, previous_edges).localCheckpoint()
-            stored.append(background.submit(store_checked_edges, edges, output_uri, params))
+            edges = verified_edges(edges, signatures.select("node", "signature"), params, partitions)
         roots = connected_components(edges, log)
         done("connected components")
         schemas = output_schemas(input_schema)
         counts = write_documents(spark, per_document, roots, chunks, schemas, output_uri, params)
         done("documents written")
-        for job in stored:
-            job.result()
+        stored.result()
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
     store_for(output_uri).delete_prefix(normalize_uri(scratch))
     counts["snapshots_reusing_signatures"] = len(reused)
-    counts["previous_checked_pairs_reused"] = int(previous_edges is not None)
     counts["texts_signed"] = fresh.count()
     counts["documents_read_to_sign"] = read_to_sign
     return counts

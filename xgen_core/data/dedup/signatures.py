@@ -98,12 +98,11 @@ def scanned_signatures(per_document: DataFrame) -> DataFrame:
 
 
 def signatures_of(fresh: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
-    """The fresh signatures and those of the reused snapshots, read from the previous output (flagged `old`)."""
-    fresh = fresh.withColumn("old", F.lit(False))
+    """The fresh signatures and those of the reused snapshots, read from the previous output."""
     if not reused:
         return fresh
     old = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{previous}/signatures").filter(F.col("snapshot").isin(reused))
-    return fresh.unionByName(old.withColumn("old", F.lit(True)))
+    return fresh.unionByName(old)
 
 
 def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
