@@ -188,6 +188,18 @@ def test_a_refresh_signs_only_the_new_snapshot_and_reads_the_old_ones_once(spark
     assert refreshed["documents"] == scratch["documents"] == len(rows)
 
 
+def test_reused_signature_files_are_found_under_spark_escaped_snapshot_names(spark, tmp_path):
+    from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, reused_signature_files, write_signatures
+
+    names = ["CC-MAIN-2024:10", "odd/name %", "plain"]
+    rows = [(name, index, bytes(8), True) for index, name in enumerate(names)]
+    write_signatures(spark.createDataFrame(rows, SIGNATURE_SCHEMA), str(tmp_path / "signatures"), 2)
+    found = reused_signature_files(str(tmp_path), names[:2])
+    assert len(found) == 2 and all(Path(uri).is_file() for uri, _ in found)
+    with pytest.raises(RuntimeError, match="no signature files"):
+        reused_signature_files(str(tmp_path), ["never stored"])
+
+
 def test_an_empty_input_gives_empty_readable_outputs(spark, tmp_path):
     import pyarrow as pa
 

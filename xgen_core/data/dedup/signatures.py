@@ -139,7 +139,14 @@ def reused_signature_files(previous: str | None, reused: list[str]) -> list[tupl
     for info in store_for(folder).list_files(folder):
         relative = info.uri[len(folder) + 1 :]
         directory, _, name = relative.partition("/")
-        # Spark names a partition directory snapshot=<value>, the value's special characters %-escaped.
-        if name.startswith("part-") and unquote(directory.partition("=")[2]) in reused:
+        if name.startswith("part-") and snapshot_of_directory(directory) in reused:
             found.append((info.uri, relative))
+    missing = set(reused) - {snapshot_of_directory(relative.partition("/")[0]) for _, relative in found}
+    if missing:
+        raise RuntimeError(f"previous dedup output {previous} holds no signature files for snapshot(s) {sorted(missing)}")
     return found
+
+
+def snapshot_of_directory(directory: str) -> str:
+    """Spark names a partition directory snapshot=<value>, the value's special characters %-escaped."""
+    return unquote(directory.partition("=")[2])
