@@ -188,6 +188,19 @@ def test_a_refresh_signs_only_the_new_snapshot_and_reads_the_old_ones_once(spark
     assert refreshed["documents"] == scratch["documents"] == len(rows)
 
 
+def test_a_refresh_with_nothing_new_signs_nothing_and_equals_the_previous_output(spark, tmp_path):
+    _, rows = labelled_rows(200, seed=13)
+    newest = max(row["snapshot"] for row in rows)
+    old = write_parquet_rows(tmp_path / "in" / "old" / "part-0.parquet", [r for r in rows if r["snapshot"] != newest])
+    new = write_parquet_rows(tmp_path / "in" / "new" / "part-0.parquet", [r for r in rows if r["snapshot"] == newest])
+    run_dedup(spark, [old, new], str(tmp_path / "first"), PARAMS)
+    again = run_dedup(spark, [old, new], str(tmp_path / "again"), PARAMS, previous=str(tmp_path / "first"))
+    assert again["snapshots_reusing_signatures"] == len({r["snapshot"] for r in rows})
+    assert again["texts_signed"] == 0 and again["documents_read_to_sign"] == 0
+    for folder in ("data", "quarantine", "signatures", "signature_index"):
+        assert same_files(tmp_path / "again" / folder, tmp_path / "first" / folder), folder
+
+
 def test_reused_signature_files_are_found_under_spark_escaped_snapshot_names(spark, tmp_path):
     from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, reused_signature_files, write_signatures
 
