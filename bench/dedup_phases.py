@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from pyspark.sql import functions as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,7 +25,7 @@ from dedup import dedup_params, process_tree_cpu_seconds, spark_session  # noqa:
 from xgen_core.data.dedup.candidates import candidate_edges, verified_edges  # noqa: E402
 from xgen_core.data.dedup.components import connected_components  # noqa: E402
 from xgen_core.data.dedup.documents import PER_DOCUMENT_SCHEMA, chunk_frame, scan_chunks, unified_schema  # noqa: E402
-from xgen_core.data.dedup.signatures import signatures_of  # noqa: E402
+from xgen_core.data.dedup.signatures import scanned_signatures  # noqa: E402
 from xgen_core.data.dedup.write import output_schemas, write_documents  # noqa: E402
 
 
@@ -43,10 +42,10 @@ def main() -> None:
         last[:] = [cpu, wall]
 
     chunks, schema = unified_schema([path], params.rows_per_chunk)
-    scan = scan_chunks(params, frozenset(), True)
+    scan = scan_chunks(params, with_signatures=True)
     per_document = chunk_frame(spark, chunks).mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
     step("read, check, hash")
-    signatures = signatures_of(per_document.filter(F.col("quarantine_reason").isNull()), spark, None, [])
+    signatures = scanned_signatures(per_document)
     candidates = candidate_edges(signatures, params, cores).localCheckpoint()
     step(f"candidate pairs ({candidates.count()})")
     checked = verified_edges(candidates, signatures.select("node", "signature"), params, cores).localCheckpoint()

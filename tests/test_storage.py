@@ -34,6 +34,19 @@ def test_write_read_list_delete(root):
     assert not store.exists(join(root, "a", "one.txt"))
 
 
+def test_copy_gives_the_bytes_and_outlives_changes_to_the_source(root):
+    store = store_for(root)
+    source, target = join(root, "old", "part-00000.parquet"), join(root, "new", "s=1", "part-00000.parquet")
+    store.write_bytes(source, b"signatures")
+    store.write_bytes(target, b"left over from a killed attempt")
+    store.copy(source, target)
+    assert store.read_bytes(target) == b"signatures"
+    store.write_bytes(source, b"replaced")
+    assert store.read_bytes(target) == b"signatures"
+    store.delete(source)
+    assert store.read_bytes(target) == b"signatures"
+
+
 def test_publish_moves_staging_whole_and_marker_last(root):
     store = store_for(root)
     staging, final = join(root, "x.staging-1"), join(root, "x")

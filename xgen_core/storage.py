@@ -75,6 +75,10 @@ class Store:
     def delete_matching(self, name_prefix: str) -> None: ...
     def publish(self, staging: str, final: str, marker: str, marker_data: bytes) -> bool: ...
     def open_read(self, uri: str) -> IO[bytes]: ...
+    def copy(self, source: str, target: str) -> None:
+        """target gets source's bytes; a reference where the store has one (a hard link, a server-side copy)."""
+        ...
+
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         """Up to `length` bytes from byte `start` (fewer at the end of the object)."""
         ...
@@ -138,6 +142,16 @@ class LocalStore(Store):
 
     def delete(self, uri: str) -> None:
         Path(normalize_uri(uri)).unlink(missing_ok=True)
+
+    def copy(self, source: str, target: str) -> None:
+        # A hard link is safe here: files are replaced (write_bytes) or deleted, never rewritten in place.
+        path = Path(normalize_uri(target))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        try:
+            os.link(normalize_uri(source), path)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(normalize_uri(source), path)
 
     def delete_prefix(self, prefix: str) -> None:
         path = Path(normalize_uri(prefix))
@@ -315,6 +329,11 @@ class GCSStore(Store):
     def open_read(self, uri: str) -> IO[bytes]:
         bucket, name = self._split(uri)
         return bucket.blob(name).open("rb")
+
+    def copy(self, source: str, target: str) -> None:
+        source_bucket, source_name = self._split(source)
+        target_bucket, target_name = self._split(target)
+        source_bucket.copy_blob(source_bucket.blob(source_name), target_bucket, target_name)
 
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         bucket, name = self._split(uri)

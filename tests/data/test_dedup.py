@@ -157,6 +157,62 @@ def test_refresh_with_a_new_snapshot_equals_a_run_from_scratch(spark, tmp_path):
     assert all(after[i] >= before[i] for i in before)
 
 
+def write_parquet_rows(path: Path, rows: list[dict]) -> str:
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path.parent)
+
+
+def test_a_refresh_signs_only_the_new_snapshot_and_reads_the_old_ones_once(spark, tmp_path):
+    """Snapshots as partitions of their own (as ingest appends them): the refresh hashes every text once, then
+    reads only the new partition again to sign it; its output equals a run from scratch byte for byte."""
+    _, rows = labelled_rows(300, seed=5)
+    newest = max(row["snapshot"] for row in rows)
+    old_rows, new_rows = [r for r in rows if r["snapshot"] != newest], [r for r in rows if r["snapshot"] == newest]
+    old = write_parquet_rows(tmp_path / "in" / "old" / "part-0.parquet", old_rows)
+    new = write_parquet_rows(tmp_path / "in" / "new" / "part-0.parquet", new_rows)
+    run_dedup(spark, old, str(tmp_path / "first"), PARAMS)
+    refreshed = run_dedup(spark, [old, new], str(tmp_path / "refresh"), PARAMS, previous=str(tmp_path / "first"))
+    scratch = run_dedup(spark, [old, new], str(tmp_path / "scratch"), PARAMS)
+    assert refreshed["snapshots_reusing_signatures"] == len({r["snapshot"] for r in old_rows})
+    # One signature per distinct text of the new snapshot (its rows fit one chunk), read from its partition alone.
+    assert len(new_rows) <= PARAMS.rows_per_chunk
+    assert refreshed["texts_signed"] == len({r["text"] for r in new_rows})
+    assert refreshed["documents_read_to_sign"] == len(new_rows)
+    assert scratch["texts_signed"] >= len({(r["snapshot"], r["text"]) for r in rows})
+    assert scratch["documents_read_to_sign"] == len(rows)
+    for folder in ("data", "quarantine", "signatures", "signature_index"):
+        assert same_files(tmp_path / "refresh" / folder, tmp_path / "scratch" / folder), folder
+    assert refreshed["documents"] == scratch["documents"] == len(rows)
+
+
+def test_a_refresh_with_nothing_new_signs_nothing_and_equals_the_previous_output(spark, tmp_path):
+    _, rows = labelled_rows(200, seed=13)
+    newest = max(row["snapshot"] for row in rows)
+    old = write_parquet_rows(tmp_path / "in" / "old" / "part-0.parquet", [r for r in rows if r["snapshot"] != newest])
+    new = write_parquet_rows(tmp_path / "in" / "new" / "part-0.parquet", [r for r in rows if r["snapshot"] == newest])
+    run_dedup(spark, [old, new], str(tmp_path / "first"), PARAMS)
+    again = run_dedup(spark, [old, new], str(tmp_path / "again"), PARAMS, previous=str(tmp_path / "first"))
+    assert again["snapshots_reusing_signatures"] == len({r["snapshot"] for r in rows})
+    assert again["texts_signed"] == 0 and again["documents_read_to_sign"] == 0
+    for folder in ("data", "quarantine", "signatures", "signature_index"):
+        assert same_files(tmp_path / "again" / folder, tmp_path / "first" / folder), folder
+
+
+def test_reused_signature_files_are_found_under_spark_escaped_snapshot_names(spark, tmp_path):
+    from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, reused_signature_files, write_signatures
+
+    names = ["CC-MAIN-2024:10", "odd/name %", "plain"]
+    rows = [(name, index, bytes(8), True) for index, name in enumerate(names)]
+    write_signatures(spark.createDataFrame(rows, SIGNATURE_SCHEMA), str(tmp_path / "signatures"), 2)
+    found = reused_signature_files(str(tmp_path), names[:2])
+    assert len(found) == 2 and all(Path(uri).is_file() for uri, _ in found)
+    with pytest.raises(RuntimeError, match="no signature files"):
+        reused_signature_files(str(tmp_path), ["never stored"])
+
+
 def test_an_empty_input_gives_empty_readable_outputs(spark, tmp_path):
     import pyarrow as pa
 

@@ -37,6 +37,9 @@ def test_dedup_of_an_appended_ingest_reuses_signatures_and_equals_a_scratch_dedu
 
     assert refresh.manifest["counts"]["snapshots_reusing_signatures"] == 2
     assert scratch.manifest["counts"]["snapshots_reusing_signatures"] == 0
+    # Only May's partition is read again, to sign its texts.
+    assert refresh.manifest["counts"]["documents_read_to_sign"] == 7
+    assert refresh.manifest["counts"]["texts_signed"] == 7
     for folder in ("data", "signatures", "signature_index", "quarantine"):
         assert same_files(tmp_path / "refresh" / folder, tmp_path / "scratch" / folder), folder
     rows = pq.read_table(tmp_path / "refresh" / "data").to_pylist()

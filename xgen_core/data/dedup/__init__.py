@@ -27,9 +27,11 @@ from xgen_core.data import prepared_layout
 from xgen_core.data.dedup.candidates import candidate_edges, verified_edges
 from xgen_core.data.dedup.components import connected_components
 from xgen_core.data.dedup.documents import (
-    PER_DOCUMENT_SCHEMA, chunk_frame, parquet_inputs, scan_chunks, unified_schema,
+    PER_DOCUMENT_SCHEMA, chunk_frame, parquet_inputs, scan_chunks, sign_new_snapshots, unified_schema,
 )  # fmt: skip
-from xgen_core.data.dedup.signatures import reusable_snapshots, signatures_of, store_signatures
+from xgen_core.data.dedup.signatures import (
+    reusable_snapshots, scanned_signatures, signatures_of, snapshot_fingerprints, store_signatures,
+)  # fmt: skip
 from xgen_core.data.dedup.write import output_schemas, write_documents
 from xgen_core.storage import join, normalize_uri, store_for
 
@@ -45,8 +47,9 @@ def run_dedup(
     """Deduplicate `input_uri` (one URI or several) into `output_uri`/{data, quarantine, signatures, signature_index}; returns counts.
 
     `previous` is an earlier dedup output: its signatures are reused for snapshots whose contents are unchanged.
-    The texts are read twice by Python tasks, never shipped through Spark: once to check and hash them, once to
-    write them out with their annotations.
+    The texts are read by Python tasks, never shipped through Spark: once to check, hash and sign them, once to
+    write them out with their annotations. A refresh signs them in a read of its own, of only the chunks that hold
+    a snapshot it cannot reuse (it knows which once every text is hashed).
     """
     started = time.perf_counter()
 
@@ -57,19 +60,24 @@ def run_dedup(
     chunks, input_schema = unified_schema(parquet_inputs(spark, input_uri, scratch), params.rows_per_chunk)
     descriptors = chunk_frame(spark, chunks)
 
-    reused: list[str] = []
-    if previous:
-        nodes = descriptors.mapInArrow(scan_chunks(params, frozenset(), False), PER_DOCUMENT_SCHEMA)
-        reused = reusable_snapshots(spark, nodes.filter(F.col("quarantine_reason").isNull()), params, previous)
-    scan = scan_chunks(params, frozenset(reused), True)
+    # Every text is read and hashed once here; a refresh signs none yet (it does not know which snapshots it reuses).
+    scan = scan_chunks(params, with_signatures=not previous)
     per_document = descriptors.mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
     done("documents hashed")
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
+    fingerprints = snapshot_fingerprints(hashable, params)
+    if previous:
+        fingerprints = fingerprints.localCheckpoint()
+        reused = reusable_snapshots(spark, fingerprints, previous)
+        fresh, read_to_sign = sign_new_snapshots(spark, hashable, chunks, params, reused)
+        done(f"snapshots not reused signed ({read_to_sign} documents read again)")
+    else:
+        reused, fresh, read_to_sign = [], scanned_signatures(per_document), sum(chunk.row_count for chunk in chunks)
     # Fresh signatures from memory, reused ones from the previous output.
-    signatures = signatures_of(hashable, spark, previous, reused)
+    signatures = signatures_of(fresh, spark, previous, reused)
     with ThreadPoolExecutor(max_workers=1) as background:
         # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
-        stored = background.submit(store_signatures, signatures, hashable, output_uri, params)
+        stored = background.submit(store_signatures, fresh, fingerprints, output_uri, previous, reused)
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
         edges = candidate_edges(signatures, params, partitions)
         if params.verify_jaccard:
@@ -83,6 +91,8 @@ def run_dedup(
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
     store_for(output_uri).delete_prefix(normalize_uri(scratch))
     counts["snapshots_reusing_signatures"] = len(reused)
+    counts["texts_signed"] = fresh.count()
+    counts["documents_read_to_sign"] = read_to_sign
     return counts
 
 

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
-from xgen_core.data.dedup.signatures import signatures_by_node
+from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, signatures_by_node
 from xgen_core.data.doc_chunks import Chunk, data_files, input_format, plan_chunks, read_chunk
 from xgen_core.data.sparkio import rename_parts
 from xgen_core.errors import XgenError
@@ -188,31 +188,54 @@ def chunk_of(row: dict) -> Chunk:
     return Chunk(row["chunk"], row["uri"], row["row_start"], row["row_count"])
 
 
-def scan_chunks(params: DedupConfig, skip_snapshots: frozenset[str], with_signatures: bool):
-    """mapInArrow over chunk descriptors: every document's slim columns and quarantine reason, and a signature on
-    the first row of each distinct (snapshot, text) of the chunk (others carry nulls) unless its snapshot is skipped."""
+def scan_chunks(params: DedupConfig, with_signatures: bool):
+    """mapInArrow over chunk descriptors: every document's slim columns and quarantine reason, and (with_signatures)
+    a signature on the first row of each distinct (snapshot, text) of the chunk (others carry nulls)."""
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
-                yield from scan_chunk(chunk_of(row), params, skip_snapshots, with_signatures)
+                yield from scan_chunk(chunk_of(row), params, with_signatures)
 
     return compute
 
 
-def scan_chunk(chunk: Chunk, params: DedupConfig, skip_snapshots: frozenset[str], with_signatures: bool):
+def sign_chunks(params: DedupConfig, reused: frozenset[str]):
+    """mapInArrow over chunk descriptors: one signature row (SIGNATURE_SCHEMA) per distinct (snapshot, text) of the
+    chunk's checked rows, for the snapshots not in `reused` (a refresh signs only what is new)."""
+
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield from sign_chunk(chunk_of(row), params, reused)
+
+    return compute
+
+
+def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, list, list]:
+    """The chunk's normalised documents, their texts, quarantine reasons (None if fine) and content nodes."""
     docs = normalised_documents(read_chunk(chunk))
     ids, texts = docs.column("id").to_pylist(), docs.column("text").to_pylist()
-    snapshots = docs.column("snapshot").to_pylist()
     reasons = [row_problem(doc_id, text, params.max_doc_chars) for doc_id, text in zip(ids, texts)]
     nodes = [content_node(content_hash(text)) for text in texts]
+    return docs, texts, reasons, nodes
+
+
+def first_row_of_keys(snapshots: list, nodes: list, reasons: list, reused: frozenset[str]) -> dict:
+    """(snapshot, node) -> its first checked row, for the snapshots not in `reused`."""
+    first_row_of_key: dict = {}
+    for row, key in enumerate(zip(snapshots, nodes)):
+        if reasons[row] is None and key[0] not in reused:
+            first_row_of_key.setdefault(key, row)
+    return first_row_of_key
+
+
+def scan_chunk(chunk: Chunk, params: DedupConfig, with_signatures: bool):
+    docs, texts, reasons, nodes = checked_chunk(chunk, params)
     signature_column: list = [None] * len(docs)
     shingles_column: list = [None] * len(docs)
     if with_signatures:
-        first_row_of_key = {}
-        for row, key in enumerate(zip(snapshots, nodes)):
-            if reasons[row] is None and key[0] not in skip_snapshots:
-                first_row_of_key.setdefault(key, row)
+        first_row_of_key = first_row_of_keys(docs.column("snapshot").to_pylist(), nodes, reasons, frozenset())
         signature_of = signatures_by_node(texts, first_row_of_key, params)
         for (_, node), row in first_row_of_key.items():
             signature_column[row], shingles_column[row] = signature_of[node]
@@ -232,6 +255,32 @@ def scan_chunk(chunk: Chunk, params: DedupConfig, skip_snapshots: frozenset[str]
         "has_shingles": pa.array(shingles_column, pa.bool_()),
     }
     yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+
+
+def sign_chunk(chunk: Chunk, params: DedupConfig, reused: frozenset[str]):
+    docs, texts, reasons, nodes = checked_chunk(chunk, params)
+    first_row_of_key = first_row_of_keys(docs.column("snapshot").to_pylist(), nodes, reasons, reused)
+    signature_of = signatures_by_node(texts, first_row_of_key, params)
+    keys = list(first_row_of_key)
+    columns = {
+        "snapshot": pa.array([snapshot for snapshot, _ in keys], pa.string()),
+        "node": pa.array([node for _, node in keys], pa.int64()),
+        "signature": pa.array([signature_of[node][0] for _, node in keys], pa.binary()),
+        "has_shingles": pa.array([signature_of[node][1] for _, node in keys], pa.bool_()),
+    }
+    yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+
+
+def sign_new_snapshots(
+    spark: SparkSession, hashable: DataFrame, chunks: list[Chunk], params: DedupConfig, reused: list[str]
+) -> tuple[DataFrame, int]:
+    """A refresh's fresh signatures: those of the snapshots not reused, from a second read of only the chunks that
+    hold one of their checked rows; and how many rows those chunks hold."""
+    new_rows = hashable.filter(~F.col("snapshot").isin(reused)) if reused else hashable
+    to_read = sorted(row.chunk for row in new_rows.select("chunk").distinct().collect())
+    descriptors = chunk_frame(spark, [chunks[index] for index in to_read])
+    signed = descriptors.mapInArrow(sign_chunks(params, frozenset(reused)), SIGNATURE_SCHEMA).localCheckpoint()
+    return signed, sum(chunks[index].row_count for index in to_read)
 
 
 def rank_repeated_ids(slim: DataFrame) -> DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -11,6 +13,7 @@ from pyspark.sql import types as T
 from xgen_core.config import DedupConfig
 from xgen_core.data import minhash
 from xgen_core.data.sparkio import rename_parts, write_deterministic_parquet
+from xgen_core.storage import join, normalize_uri, store_for
 
 # Bump when the shingling or signature layout changes: stored signatures from another version are not reused.
 SIGNATURE_VERSION = 1
@@ -81,18 +84,21 @@ def snapshot_fingerprints(docs: DataFrame, params: DedupConfig) -> DataFrame:
     )
 
 
-def reusable_snapshots(spark: SparkSession, docs: DataFrame, params: DedupConfig, previous: str | None) -> list[str]:
-    """Snapshots whose distinct texts (and MinHash settings) equal those the previous dedup output hashed."""
-    if not previous:
-        return []
-    fingerprints = snapshot_fingerprints(docs, params)
+def reusable_snapshots(spark: SparkSession, fingerprints: DataFrame, previous: str) -> list[str]:
+    """Snapshots whose fingerprints (distinct texts and MinHash settings) equal those the previous dedup output
+    stored: their signatures are read back instead of computed."""
     old_fingerprints = spark.read.parquet(f"{previous}/signature_index")
     same = fingerprints.join(old_fingerprints, ["snapshot", "n_texts", "digest_a", "digest_b", "signature_key"])
     return sorted(row.snapshot for row in same.select("snapshot").collect())
 
 
-def signatures_of(per_document: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
-    fresh = per_document.filter(F.col("signature").isNotNull()).select(*SIGNATURE_SCHEMA.names)
+def scanned_signatures(per_document: DataFrame) -> DataFrame:
+    """The signatures the document scan computed (on the first row of each distinct text of a chunk)."""
+    return per_document.filter(F.col("signature").isNotNull()).select(*SIGNATURE_SCHEMA.names)
+
+
+def signatures_of(fresh: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
+    """The fresh signatures and those of the reused snapshots, read from the previous output."""
     if not reused:
         return fresh
     old = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{previous}/signatures").filter(F.col("snapshot").isin(reused))
@@ -108,8 +114,39 @@ def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
     rename_parts(signatures.sparkSession, uri)
 
 
-def store_signatures(signatures: DataFrame, hashable: DataFrame, output_uri: str, params: DedupConfig) -> None:
-    """signatures/ per snapshot, for the next refresh, and signature_index/ telling which snapshot they cover."""
-    write_signatures(signatures, f"{output_uri}/signatures", signatures.sparkSession.sparkContext.defaultParallelism)
+def store_signatures(
+    fresh: DataFrame, fingerprints: DataFrame, output_uri: str, previous: str | None, reused: list[str]
+) -> None:
+    """signatures/ per snapshot, for the next refresh, and signature_index/ telling which snapshot they cover.
+
+    Only the fresh signatures are written; each reused snapshot's file is taken over from the previous output as it
+    is (a reference where the store has one): written again, the same rows would give the same bytes.
+    """
+    uri = f"{output_uri}/signatures"
+    write_signatures(fresh, uri, fresh.sparkSession.sparkContext.defaultParallelism)
+    for source, relative in reused_signature_files(previous, reused):
+        store_for(uri).copy(source, join(uri, relative))
     # The distinct (snapshot, text) pairs of the documents are those the signatures hold, reused or not.
-    write_deterministic_parquet(snapshot_fingerprints(hashable, params), f"{output_uri}/signature_index", 1, ["snapshot"])
+    write_deterministic_parquet(fingerprints, f"{output_uri}/signature_index", 1, ["snapshot"])
+
+
+def reused_signature_files(previous: str | None, reused: list[str]) -> list[tuple[str, str]]:
+    """(URI, path relative to signatures/) of the previous output's files for the reused snapshots."""
+    if not reused:
+        return []
+    folder = normalize_uri(f"{previous}/signatures")
+    found = []
+    for info in store_for(folder).list_files(folder):
+        relative = info.uri[len(folder) + 1 :]
+        directory, _, name = relative.partition("/")
+        if name.startswith("part-") and snapshot_of_directory(directory) in reused:
+            found.append((info.uri, relative))
+    missing = set(reused) - {snapshot_of_directory(relative.partition("/")[0]) for _, relative in found}
+    if missing:
+        raise RuntimeError(f"previous dedup output {previous} holds no signature files for snapshot(s) {sorted(missing)}")
+    return found
+
+
+def snapshot_of_directory(directory: str) -> str:
+    """Spark names a partition directory snapshot=<value>, the value's special characters %-escaped."""
+    return unquote(directory.partition("=")[2])
