@@ -316,12 +316,8 @@ class GCSStore(Store):
             self.delete_prefix(staging)
             return False
         self.delete_prefix(final)  # leftovers of a writer that died mid-copy (never marked, so never read)
-        bucket, _ = self._split(final)
         for info in self.list_files(staging):
-            _, src_name = self._split(info.uri)
-            relative = info.uri[len(staging.rstrip("/")) + 1 :]
-            _, dst_name = self._split(join(final, relative))
-            bucket.copy_blob(bucket.blob(src_name), bucket, dst_name)
+            self.copy(info.uri, join(final, info.uri[len(staging.rstrip("/")) + 1 :]))
         committed = self.create(join(final, marker), marker_data)
         self.delete_prefix(staging)
         return committed

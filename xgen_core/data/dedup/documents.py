@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -188,28 +188,27 @@ def chunk_of(row: dict) -> Chunk:
     return Chunk(row["chunk"], row["uri"], row["row_start"], row["row_count"])
 
 
-def scan_chunks(params: DedupConfig, with_signatures: bool):
-    """mapInArrow over chunk descriptors: every document's slim columns and quarantine reason, and (with_signatures)
-    a signature on the first row of each distinct (snapshot, text) of the chunk (others carry nulls)."""
+def for_each_chunk(process: Callable[[Chunk], Iterator[pa.RecordBatch]]):
+    """mapInArrow over chunk descriptors: `process`'s batches for each chunk."""
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
-                yield from scan_chunk(chunk_of(row), params, with_signatures)
+                yield from process(chunk_of(row))
 
     return compute
+
+
+def scan_chunks(params: DedupConfig, with_signatures: bool):
+    """Every document's slim columns and quarantine reason, and (with_signatures) a signature on the first row of
+    each distinct (snapshot, text) of the chunk (others carry nulls)."""
+    return for_each_chunk(lambda chunk: scan_chunk(chunk, params, with_signatures))
 
 
 def sign_chunks(params: DedupConfig, reused: frozenset[str]):
-    """mapInArrow over chunk descriptors: one signature row (SIGNATURE_SCHEMA) per distinct (snapshot, text) of the
-    chunk's checked rows, for the snapshots not in `reused` (a refresh signs only what is new)."""
-
-    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for row in batch.to_pylist():
-                yield from sign_chunk(chunk_of(row), params, reused)
-
-    return compute
+    """One signature row (SIGNATURE_SCHEMA) per distinct (snapshot, text) of the chunk's checked rows, for the
+    snapshots not in `reused` (a refresh signs only what is new)."""
+    return for_each_chunk(lambda chunk: sign_chunk(chunk, params, reused))
 
 
 def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, list, list]:
