@@ -172,6 +172,8 @@ def cell_summary(predictions: list[dict], tasks: list[str]) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.teach_only and not args.teach_steps:
+        raise SystemExit("--teach-only needs --teach-steps")
     base = [f"root={args.root}"]
     cfg = load_config(args.profile, base)
     started = time.perf_counter()
@@ -184,12 +186,11 @@ def main() -> None:
     if args.teach_steps:
         models["(t) taught"] = teach_retrieval(args, base, original, pretrained_theta)
         start = [f"pretrain={models['(t) taught']}"]
-    elif args.teach_only:
-        raise SystemExit("--teach-only needs --teach-steps")
+    extensions = [("(b) control", original, pretrained_theta), ("(c) extended", long, None)]
     if args.teach_only:
         del models["(a) pretrained"]
-    for label, seq_len, theta in (("(b) control", original, pretrained_theta),
-                                  ("(c) extended", long, None))[:0 if args.teach_only else 2]:
+        extensions = []
+    for label, seq_len, theta in extensions:
         overrides = extension_overrides(args, seq_len, long, theta)
         print(f"{label}: extend_32k with {' '.join(overrides)}{' from ' + start[0] if start else ''}", flush=True)
         extended = run_stage(load_config(args.profile, base + overrides), "extend_32k", "bench-length-extension",
