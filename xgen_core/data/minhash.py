@@ -8,7 +8,8 @@ parameters drawn from `numpy.random.RandomState(seed)` in datasketch's order. Th
 - "datasketch": datasketch's `sha1_hash32` of each UTF-8 shingle, so signatures are bit-for-bit those of
   `datasketch.MinHash` (default scheme and seed handling). One SHA-1 per shingle is a Python-level call.
 - "fast": no per-shingle Python object at all. A batch is encoded once; word boundaries are found with numpy over
-  the byte buffer; each word gets a 64-bit polynomial hash from wrapping uint64 prefix sums, n consecutive word
+  the byte buffer; each word's bytes are read 8 at a time (little-endian uint64) and chained through MurmurHash3's
+  fmix64, seeded with the word's length (`_word_hashes`); n consecutive word
   hashes are combined into a 64-bit shingle hash (MurmurHash3's fmix64), folded to 32 bits. Fixed constants and
   explicit byte order only, so signatures are the same on every run and machine; they are not datasketch's.
 
@@ -165,8 +166,7 @@ def estimated_jaccard(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 # The fast scheme's constants. Changing any of them changes every "fast" signature (bump the stored-signature version).
-_BYTE_BASE = 0x100000001B3  # odd, so it has an inverse mod 2**64
-_BYTE_BASE_INVERSE = pow(_BYTE_BASE, -1, 1 << 64)
+_WORD_LENGTH_SALT = 0x9FB21C651E98DF25
 _WORD_BASE = 0x9E3779B97F4A7C15  # odd; combines the word hashes of a shingle in order
 _SHINGLE_SALT = 0x2545F4914F6CDD1D
 # Bytes hashed per numpy pass: the uint64 per-byte arrays stay at a few MiB whatever the batch size.
@@ -240,35 +240,32 @@ def _mark_unicode_spaces(buffer: np.ndarray, space: np.ndarray) -> None:
 
 
 def _word_hashes(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """fmix64 of each word's polynomial hash sum((byte + 1) * B**k), k its offset in the word, mod 2**64.
+    """Each word's hash: h = fmix64(length * salt), then h = fmix64(h ^ c) for each 8-byte piece c of the word, read
+    little-endian, the last one zero-padded.
 
-    With prefix sums S of byte * B**i over the buffer and G of B**i, a word's hash is
-    ((S[end] - S[start]) + (G[end] - G[start])) * B**-start. Word starts are >= 1 (the buffer opens with a space),
-    so the inclusive prefix sums are read one byte early.
+    Per word, not per byte: most words are one piece, so one gather and one fmix64 hash them; only the longer words
+    take further rounds.
     """
-    powers, inverse_powers, power_sums = _power_tables(len(buffer))
-    prefix = np.multiply(buffer, powers[: len(buffer)], dtype=np.uint64)
-    np.cumsum(prefix, out=prefix)
-    before, last = starts - 1, ends - 1
-    polynomial = (prefix[last] - prefix[before]) + (power_sums[last] - power_sums[before])
-    return fmix64(polynomial * inverse_powers[starts])
+    padded = np.zeros(len(buffer) + 8, dtype=np.uint8)
+    padded[: len(buffer)] = buffer
+    # Every byte offset seen as the start of a little-endian uint64 (unaligned reads of the padded buffer).
+    pieces = np.ndarray(shape=(len(buffer),), dtype="<u8", buffer=padded, strides=(1,))
+    length = ends - starts
+    seeded = fmix64(length.astype(np.uint64) * np.uint64(_WORD_LENGTH_SALT))
+    hashed = fmix64(seeded ^ (pieces[starts] & _low_bytes_mask(length)))
+    todo, offset = np.flatnonzero(length > 8), 8
+    while len(todo):
+        remaining = length[todo] - offset
+        piece = pieces[starts[todo] + offset] & _low_bytes_mask(remaining)
+        hashed[todo] = fmix64(hashed[todo] ^ piece)
+        todo, offset = todo[remaining > 8], offset + 8
+    return hashed
 
 
-_power_cache: list[np.ndarray] = []
-
-
-def _power_tables(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """B**i, B**-i and sum(B**j for j <= i), mod 2**64, for i < length (cached, grown on demand)."""
-    if not _power_cache or len(_power_cache[0]) < length:
-        size = max(length, _BYTES_PER_PASS + 2)
-        tables = []
-        for base in (_BYTE_BASE, _BYTE_BASE_INVERSE):
-            table = np.full(size, base, dtype=np.uint64)
-            table[0] = 1
-            tables.append(np.multiply.accumulate(table))  # wraps mod 2**64
-        tables.append(np.cumsum(tables[0]))
-        _power_cache[:] = tables
-    return _power_cache[0], _power_cache[1], _power_cache[2]
+def _low_bytes_mask(n_bytes: np.ndarray) -> np.ndarray:
+    """uint64 masks keeping the low min(n, 8) bytes."""
+    bits = np.minimum(n_bytes, 8).astype(np.uint64) * np.uint64(8)
+    return np.where(bits == 64, np.uint64(0xFFFFFFFFFFFFFFFF), (np.uint64(1) << (bits & np.uint64(63))) - np.uint64(1))
 
 
 def _combine_words(word_hashes: np.ndarray, words_per_doc: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from xgen_core.data.sparkio import rename_parts, write_deterministic_parquet
 from xgen_core.storage import join, normalize_uri, store_for
 
 # Bump when the shingling or signature layout changes: stored signatures from another version are not reused.
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 2
 # Distinct texts hashed per numpy call (the same batch size the scan uses for its Arrow batches).
 SIGNATURE_BATCH = 8192
 
