@@ -18,7 +18,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
-from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, signatures_by_node
+from xgen_core.data.dedup.candidates import first_of_runs
+from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, fixed_width_binary, signatures_of_rows
 from xgen_core.data.doc_chunks import Chunk, data_files, input_format, plan_chunks, read_chunk
 from xgen_core.data.sparkio import rename_parts
 from xgen_core.errors import XgenError
@@ -264,61 +265,72 @@ def sign_chunks(params: DedupConfig, reused: frozenset[str]):
     return for_each_chunk(lambda chunk: sign_chunk(chunk, params, reused))
 
 
-def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, list, list]:
-    """The chunk's normalised documents, their texts, quarantine reasons (None if fine) and content nodes."""
+def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, list, np.ndarray]:
+    """The chunk's normalised documents, their texts, quarantine reasons (None if fine) and content nodes (-1 for a
+    row without text)."""
     docs = normalised_documents(read_chunk(chunk))
     texts = docs.column("text").to_pylist()
     reasons = row_problems(docs.column("id").combine_chunks(), docs.column("text").combine_chunks(), params.max_doc_chars)
-    nodes = [content_node(content_hash(text)) for text in texts]
+    nodes = np.array([-1 if text is None else content_node(content_hash(text)) for text in texts], dtype=np.int64)
     return docs, texts, reasons, nodes
 
 
-def first_row_of_keys(snapshots: list, nodes: list, reasons: list, reused: frozenset[str]) -> dict:
-    """(snapshot, node) -> its first checked row, for the snapshots not in `reused`."""
-    first_row_of_key: dict = {}
-    for row, key in enumerate(zip(snapshots, nodes)):
-        if reasons[row] is None and key[0] not in reused:
-            first_row_of_key.setdefault(key, row)
-    return first_row_of_key
+def first_rows_of_keys(snapshots: pa.ChunkedArray, nodes: np.ndarray, reasons: list, reused: frozenset[str]) -> np.ndarray:
+    """The first checked row of each distinct (snapshot, node), for the snapshots not in `reused`; ascending."""
+    wanted = np.array([reason is None for reason in reasons], dtype=bool)
+    if reused:
+        wanted &= ~pc.is_in(snapshots, pa.array(sorted(reused), pa.string())).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(wanted)
+    snapshot_codes = pc.dictionary_encode(snapshots.combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    order = np.lexsort((nodes[rows], snapshot_codes[rows]))  # stable: equal keys keep their row order
+    ordered = rows[order]
+    return np.sort(ordered[first_of_runs(snapshot_codes[ordered], nodes[ordered])])
 
 
 def scan_chunk(chunk: Chunk, params: DedupConfig, with_signatures: bool):
     docs, texts, reasons, nodes = checked_chunk(chunk, params)
-    signature_column: list = [None] * len(docs)
-    shingles_column: list = [None] * len(docs)
+    signature_column, shingles_column = pa.nulls(len(docs), pa.binary()), pa.nulls(len(docs), pa.bool_())
     if with_signatures:
-        first_row_of_key = first_row_of_keys(docs.column("snapshot").to_pylist(), nodes, reasons, frozenset())
-        signature_of = signatures_by_node(texts, first_row_of_key, params)
-        for (_, node), row in first_row_of_key.items():
-            signature_column[row], shingles_column[row] = signature_of[node]
+        rows = first_rows_of_keys(docs.column("snapshot"), nodes, reasons, frozenset())
+        sigs, has_shingles = signatures_of_rows(texts, rows, nodes, params)
+        signed = np.zeros(len(docs), dtype=bool)
+        signed[rows] = True
+        signature_column = fixed_width_binary(sigs, signed)
+        shingles_column = pa.array(scatter(has_shingles, rows, len(docs)), mask=~signed)
     columns = {
         "chunk": pa.array(np.full(len(docs), chunk.index, np.int32)),
         "row": pa.array(np.arange(len(docs), dtype=np.int32)),
         "id": docs.column("id"),
-        "node": pa.array(nodes, pa.int64()),
+        "node": pa.array(nodes, mask=nodes < 0),
         "snapshot": docs.column("snapshot"),
         "url": docs.column("url"),
         "domain": docs.column("domain"),
         "crawl_time": docs.column("crawl_time"),
         "quality": docs.column("quality"),
-        "length": pa.array([None if t is None else len(t) for t in texts], pa.int32()),
+        "length": pc.utf8_length(docs.column("text")).cast(pa.int32()),
         "quarantine_reason": pa.array(reasons, pa.string()),
-        "signature": pa.array(signature_column, pa.binary()),
-        "has_shingles": pa.array(shingles_column, pa.bool_()),
+        "signature": signature_column,
+        "has_shingles": shingles_column,
     }
     yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
 
 
+def scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """An array of n values (zeros) with values[i] placed at rows[i]."""
+    placed = np.zeros(n, dtype=values.dtype)
+    placed[rows] = values
+    return placed
+
+
 def sign_chunk(chunk: Chunk, params: DedupConfig, reused: frozenset[str]):
     docs, texts, reasons, nodes = checked_chunk(chunk, params)
-    first_row_of_key = first_row_of_keys(docs.column("snapshot").to_pylist(), nodes, reasons, reused)
-    signature_of = signatures_by_node(texts, first_row_of_key, params)
-    keys = list(first_row_of_key)
+    rows = first_rows_of_keys(docs.column("snapshot"), nodes, reasons, reused)
+    sigs, has_shingles = signatures_of_rows(texts, rows, nodes, params)
     columns = {
-        "snapshot": pa.array([snapshot for snapshot, _ in keys], pa.string()),
-        "node": pa.array([node for _, node in keys], pa.int64()),
-        "signature": pa.array([signature_of[node][0] for _, node in keys], pa.binary()),
-        "has_shingles": pa.array([signature_of[node][1] for _, node in keys], pa.bool_()),
+        "snapshot": docs.column("snapshot").take(pa.array(rows)),
+        "node": pa.array(nodes[rows]),
+        "signature": fixed_width_binary(sigs),
+        "has_shingles": pa.array(has_shingles),
     }
     yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
 

@@ -26,21 +26,19 @@ def signature_key(params: DedupConfig) -> str:
     return f"v{SIGNATURE_VERSION}-n{params.ngram}-p{params.num_perm}-s{params.seed}-{params.hash_scheme}"
 
 
-def signatures_by_node(texts: list, first_row_of_key: dict, params: DedupConfig) -> dict:
-    """node -> (signature bytes, has_shingles): one MinHash per distinct text, however many snapshots hold it."""
-    first_row_of_text: dict = {}
-    for (_, node), row in first_row_of_key.items():
-        first_row_of_text.setdefault(node, row)
-    distinct = list(first_row_of_text.items())
-    signature_of = {}
+def signatures_of_rows(texts: list, rows: np.ndarray, nodes: np.ndarray, params: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32[len(rows), num_perm], has_shingles bool[len(rows)]) for texts[rows]: one MinHash per distinct text
+    (node), however many of the rows hold it."""
+    _, first, inverse = np.unique(nodes[rows], return_index=True, return_inverse=True)
+    distinct = rows[first]
+    sigs = np.empty((len(distinct), params.num_perm), dtype=np.uint32)
+    has_shingles = np.zeros(len(distinct), dtype=bool)
     for start in range(0, len(distinct), SIGNATURE_BATCH):
         part = distinct[start : start + SIGNATURE_BATCH]
-        sigs, has_shingles = minhash.signatures(
-            [texts[row] for _, row in part], params.ngram, params.num_perm, params.seed, scheme=params.hash_scheme
+        sigs[start : start + len(part)], has_shingles[start : start + len(part)] = minhash.signatures(
+            [texts[row] for row in part], params.ngram, params.num_perm, params.seed, scheme=params.hash_scheme
         )
-        for index, (node, _) in enumerate(part):
-            signature_of[node] = (sigs[index].tobytes(), bool(has_shingles[index]))
-    return signature_of
+    return sigs[inverse], has_shingles[inverse]
 
 
 SIGNATURE_SCHEMA = T.StructType(
@@ -53,12 +51,22 @@ SIGNATURE_SCHEMA = T.StructType(
 )
 
 
-def fixed_width_binary(rows: np.ndarray) -> pa.Array:
-    """An Arrow binary array with one value per row of a 2-D array, built without a Python loop."""
+def fixed_width_binary(rows: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """An Arrow binary array with one value per row of a 2-D array, built without a Python loop.
+
+    With `valid` (bool[n], as many True as `rows` has rows), an array of n values: the rows in the valid places,
+    in order, and nulls elsewhere.
+    """
     data = np.ascontiguousarray(rows)
     width = data.shape[1] * data.itemsize
-    offsets = np.arange(len(data) + 1, dtype=np.int32) * width
-    return pa.Array.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
+    if valid is None:
+        offsets = np.arange(len(data) + 1, dtype=np.int32) * width
+        return pa.Array.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
+    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+    np.cumsum(valid * np.int32(width), out=offsets[1:])
+    validity = pa.array(valid).buffers()[1]
+    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())]
+    return pa.Array.from_buffers(pa.binary(), len(valid), buffers, null_count=int(len(valid) - valid.sum()))
 
 
 def signature_matrix(column: pa.Array, num_perm: int) -> np.ndarray:
