@@ -45,3 +45,15 @@ def test_row_problems_equal_row_problem_on_random_rows():
     expected = [row_problem(doc_id, text, 20) for doc_id, text in zip(ids, texts)]
     assert set(expected) == {None, "missing_id", "missing_text", "empty", "too_long", "binary_looking"}
     assert row_problems(pa.array(ids, pa.string()), pa.array(texts, pa.string()), 20) == expected
+
+
+def test_content_hash_column_and_nodes_equal_the_per_text_definitions():
+    from xgen_core.data.dedup.documents import content_digests, content_hash, content_hash_column, content_node, content_nodes
+
+    texts = ["", "a", "héllo wörld", None, "x" * 10000, "\x00binary", None]
+    digests, present = content_digests(pa.chunked_array([pa.array(texts[:3]), pa.array(texts[3:])]))
+    assert content_hash_column(digests, present).to_pylist() == [content_hash(text) for text in texts]
+    expected_nodes = [-1 if text is None else content_node(content_hash(text)) for text in texts]
+    assert content_nodes(digests, present).tolist() == expected_nodes
+    sliced = pa.array(texts).slice(2, 3)
+    assert content_hash_column(*content_digests(sliced)).to_pylist() == [content_hash(text) for text in texts[2:5]]

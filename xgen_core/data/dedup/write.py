@@ -15,7 +15,9 @@ from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
 from xgen_core.data.dedup.clusters import cluster_metadata
-from xgen_core.data.dedup.documents import TIMESTAMP, content_hash, normalised_documents, rank_repeated_ids, with_column
+from xgen_core.data.dedup.documents import (
+    TIMESTAMP, content_digests, content_hash_column, normalised_documents, rank_repeated_ids, with_column,
+)  # fmt: skip
 from xgen_core.data.doc_chunks import Chunk, conform, part_uri, read_chunk, write_parquet
 from xgen_core.data.sparkio import placement_keys
 from xgen_core.storage import join, normalize_uri, store_for
@@ -77,8 +79,7 @@ def write_chunk(chunk: Chunk, annotations: pa.Table, data_uri: str, quarantine_u
     rows = annotations.column("row").to_numpy()
     if len(rows) != len(docs) or not np.array_equal(rows, np.arange(len(docs))):
         raise RuntimeError(f"chunk {chunk.index} ({chunk.uri}): {len(rows)} annotations for {len(docs)} documents")
-    hashes = pa.array([content_hash(text) for text in docs.column("text").to_pylist()], pa.string())
-    docs = with_column(docs, "content_hash", hashes)
+    docs = with_column(docs, "content_hash", content_hash_column(*content_digests(docs.column("text"))))
     reasons = annotations.column("quarantine_reason")
     quarantined = pc.is_valid(reasons)
     data = docs.filter(pc.invert(quarantined))
