@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -70,3 +71,34 @@ def placement_keys(spark: SparkSession, n_partitions: int) -> list[int]:
     if len(first) < n_partitions:
         raise RuntimeError(f"no hash key found for {n_partitions - len(first)} of {n_partitions} partitions")
     return [int(first[i]) for i in range(n_partitions)]
+
+
+# Bytes of records per packed block: big enough that Spark moves few rows, small enough that no row nears Arrow's
+# 2 GiB binary limit or a shuffle page many times its size.
+BLOCK_BYTES = 4 << 20
+
+
+def pack_by_partition(records: np.ndarray, target: np.ndarray, partition_keys: list[int]) -> tuple[list[int], list[bytes]]:
+    """Records (a 1-D numpy array, structured or not) grouped by target partition into byte blocks.
+
+    Returns (placement key, block) pairs as two lists: every block holds the raw bytes of consecutive records bound for
+    one partition (at most BLOCK_BYTES of them), and its key is partition_keys[target], so that Spark's hash
+    partitioning by that key sends it there. Records keep their order within a partition; empty partitions get no
+    block. unpack_records reverses it.
+    """
+    n_partitions = len(partition_keys)
+    order = np.argsort(target, kind="stable")
+    records, target = records[order], target[order]
+    starts = np.searchsorted(target, np.arange(n_partitions + 1))
+    per_block = max(1, BLOCK_BYTES // max(1, records.dtype.itemsize))
+    keys, blocks = [], []
+    for partition in range(n_partitions):
+        for start in range(starts[partition], starts[partition + 1], per_block):
+            keys.append(partition_keys[partition])
+            blocks.append(records[start : min(start + per_block, starts[partition + 1])].tobytes())
+    return keys, blocks
+
+
+def unpack_records(blocks: list, dtype: np.dtype) -> np.ndarray:
+    """The records of several blocks (bytes or buffers) of one record type, as one numpy array."""
+    return np.frombuffer(b"".join(blocks), dtype=dtype)
