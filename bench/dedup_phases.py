@@ -51,7 +51,8 @@ def main() -> None:
     step("read, check, hash")
     signatures = scanned_signatures(per_document)
     keys = placement_keys(spark, cores)
-    routed = routed_signatures(signatures, params, keys)
+    routed = routed_signatures(signatures, params, keys)  # checkpointed: read out of the JVM once
+    step("signatures routed (band and sketch blocks)")
     candidates = candidate_blocks(routed, keys).localCheckpoint()
     candidate_bytes = candidates.filter(F.col("kind") == EDGES).agg(F.sum(F.length("payload"))).first()[0] or 0
     step(f"candidate pairs ({candidate_bytes // EDGE_RECORD.itemsize})")

@@ -21,9 +21,10 @@ from xgen_core.data.sparkio import pack_by_partition, unpack_records
 RECORD = np.dtype([("node", "<i8"), ("value", "<u2", (3,))])
 
 
-@pytest.mark.parametrize("block_bytes", [1, 50, 1 << 20])
-def test_records_packed_by_partition_come_back_whole_in_their_partitions(monkeypatch, block_bytes):
+@pytest.mark.parametrize("block_bytes, batch_blocks", [(1, 3), (50, 2), (1 << 20, 64)])
+def test_records_packed_by_partition_come_back_whole_in_their_partitions(monkeypatch, block_bytes, batch_blocks):
     monkeypatch.setattr(sparkio, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(sparkio, "BATCH_BLOCKS", batch_blocks)
     rng = np.random.default_rng(1)
     records = np.zeros(200, dtype=RECORD)
     records["node"] = rng.integers(0, 2**60, len(records))
@@ -31,7 +32,10 @@ def test_records_packed_by_partition_come_back_whole_in_their_partitions(monkeyp
     target = rng.integers(0, 4, len(records))
     target[target == 2] = 1  # partition 2 gets nothing
     partition_keys = [100, 101, 102, 103]
-    keys, blocks = pack_by_partition(records, target, partition_keys)
+    batches = list(pack_by_partition(records, target, partition_keys))
+    assert all(len(batch_keys) <= batch_blocks for batch_keys, _ in batches)
+    keys = [key for batch_keys, _ in batches for key in batch_keys.to_pylist()]
+    blocks = [block for _, batch_blocks_ in batches for block in batch_blocks_.to_pylist()]
     assert 102 not in keys
     assert all(len(block) <= max(block_bytes, RECORD.itemsize) for block in blocks)
     for partition, key in enumerate(partition_keys):
@@ -128,7 +132,7 @@ def test_edges_without_a_signature_are_dropped_and_empty_partitions_give_nothing
     # 12 -> 10 passes (equal signatures); 14 -> 10 and 12 -> 11: node 14 and node 11 were never signed.
     edges = np.array([(12, 10), (14, 10), (12, 11)], dtype=candidates.EDGE_RECORD)
     target = candidates.node_partition(edges["src"], 2)
-    edge_blocks = [candidates.blocks_batch(candidates.EDGES, *pack_by_partition(edges, target, partition_keys))]
+    edge_blocks = list(candidates.packed(candidates.EDGES, edges, target, partition_keys))
     signatures = of_kind(routed, candidates.SIGNATURES)
     with_sources = run_partitions(attach_source_sketches(PARAMS, partition_keys), exchange(edge_blocks + signatures, partition_keys))
     checked = run_partitions(check_edges(PARAMS), exchange(with_sources + signatures, partition_keys))
@@ -154,3 +158,4 @@ def test_graph_edges_in_spark_equal_the_direct_check(spark, partitions, verify):
         assert len(found) == len(set(found)) and set(found) == expected
     else:
         assert set(found) == candidate_pairs
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -51,11 +52,11 @@ def sketch_record(num_perm: int) -> np.dtype:
     return np.dtype([("node", "<i8"), ("sketch", SKETCH, (num_perm,))])
 
 
-def blocks_batch(kind: int, keys: list[int], blocks: list[bytes]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [pa.array(keys, pa.int64()), pa.array(np.full(len(keys), kind, dtype=np.int8)), pa.array(blocks, pa.binary())],
-        names=BLOCK_SCHEMA.names,
-    )
+def packed(kind: int, records: np.ndarray, target: np.ndarray, partition_keys: list[int]) -> Iterator[pa.RecordBatch]:
+    """Records of one kind as BLOCK_SCHEMA batches, routed to their target partitions."""
+    for keys, blocks in pack_by_partition(records, target, partition_keys):
+        kinds = pa.array(np.full(len(keys), kind, dtype=np.int8))
+        yield pa.RecordBatch.from_arrays([keys, kinds, blocks], names=BLOCK_SCHEMA.names)
 
 
 def node_partition(nodes: np.ndarray, n_partitions: int) -> np.ndarray:
@@ -83,12 +84,12 @@ def signature_blocks(params: DedupConfig, partition_keys: list[int], with_sketch
             pairs["key"] = minhash.band_keys(signatures, bands, rows).reshape(-1)
             pairs["node"] = np.repeat(nodes, bands)
             target = (pairs["key"].view(np.uint64) % np.uint64(n_partitions)).astype(np.int64)
-            yield blocks_batch(BANDS, *pack_by_partition(pairs, target, partition_keys))
+            yield from packed(BANDS, pairs, target, partition_keys)
             if with_sketches:
                 sketches = np.empty(len(nodes), dtype=sketch_record(params.num_perm))
                 sketches["node"] = nodes
                 sketches["sketch"] = signatures.astype(SKETCH)  # the low bits
-                yield blocks_batch(SIGNATURES, *pack_by_partition(sketches, node_partition(nodes, n_partitions), partition_keys))
+                yield from packed(SIGNATURES, sketches, node_partition(nodes, n_partitions), partition_keys)
 
     return compute
 
@@ -117,15 +118,15 @@ def bucket_edge_blocks(partition_keys: list[int]):
         if len(pairs) == 0:
             return
         src, dst = bucket_neighbour_pairs(pairs["key"], pairs["node"])
-        yield blocks_batch(EDGES, *pack_edges(src, dst, node_partition(src, len(partition_keys)), partition_keys))
+        yield from packed_edges(src, dst, node_partition(src, len(partition_keys)), partition_keys)
 
     return compute
 
 
-def pack_edges(src: np.ndarray, dst: np.ndarray, target: np.ndarray, partition_keys: list[int]):
+def packed_edges(src: np.ndarray, dst: np.ndarray, target: np.ndarray, partition_keys: list[int]) -> Iterator[pa.RecordBatch]:
     edges = np.empty(len(src), dtype=EDGE_RECORD)
     edges["src"], edges["dst"] = src, dst
-    return pack_by_partition(edges, target, partition_keys)
+    return packed(EDGES, edges, target, partition_keys)
 
 
 def bucket_neighbour_pairs(key: np.ndarray, node: np.ndarray, neighbours: int = BUCKET_NEIGHBOURS):
@@ -136,30 +137,28 @@ def bucket_neighbour_pairs(key: np.ndarray, node: np.ndarray, neighbours: int = 
     version resembles its neighbours, not necessarily the bucket minimum. A few neighbours per member keep the count
     linear in bucket size (a bucket of 10,000 near copies would give 50M pairs) and, on generated edit chains and
     trees, connect what checking all pairs in each bucket connects.
+
+    Keys and nodes are replaced by small codes (hashing, linear time), a node's code being its rank: then a bucket
+    member and a pair are each one 64-bit number, and the two sorts are plain sorts of numbers, several times faster
+    than sorting positions by two columns.
     """
-    # Most buckets hold one document: one sort by key finds the shared ones, and only those are sorted by node.
-    shared = shared_key_positions(key)
-    key, node = key[shared], node[shared]
-    order = np.lexsort((node, key))
-    key, node = key[order], node[order]
+    bucket, _ = pd.factorize(key)
+    # Most buckets hold one document: only the shared ones are sorted.
+    shared = np.bincount(bucket)[bucket] > 1
+    bucket, (rank, nodes) = bucket[shared], pd.factorize(node[shared], sort=True)
+    bits = max(1, (len(nodes) - 1).bit_length())
+    if bits > 32 or int(bucket.max(initial=0)).bit_length() > 64 - bits:
+        raise ValueError(f"{len(key)} bucket entries in one partition: too many to code in 64 bits, use more partitions")
+    members = np.sort((bucket.astype(np.uint64) << np.uint64(bits)) | rank.astype(np.uint64))
     # A text stored for several snapshots appears once per snapshot in its buckets: one member each.
-    fresh = first_of_runs(key, node)
-    key, node = key[fresh], node[fresh]
-    src = [node[distance:][key[distance:] == key[:-distance]] for distance in range(1, neighbours + 1)]
-    dst = [node[:-distance][key[distance:] == key[:-distance]] for distance in range(1, neighbours + 1)]
-    src, dst = np.concatenate(src), np.concatenate(dst)
-    return distinct_pairs(src, dst)
-
-
-def shared_key_positions(key: np.ndarray) -> np.ndarray:
-    """Positions of the entries whose key occurs more than once."""
-    order = np.argsort(key)
-    sorted_key = key[order]
-    repeated = sorted_key[1:] == sorted_key[:-1]
-    shared = np.zeros(len(key), dtype=bool)
-    shared[1:] |= repeated
-    shared[:-1] |= repeated
-    return order[shared]
+    members = members[first_of_runs(members)]
+    bucket, rank = members >> np.uint64(bits), members & np.uint64((1 << bits) - 1)
+    src = np.concatenate([rank[d:][bucket[d:] == bucket[:-d]] for d in range(1, neighbours + 1)])
+    dst = np.concatenate([rank[:-d][bucket[d:] == bucket[:-d]] for d in range(1, neighbours + 1)])
+    # A pair sharing several bands comes from several buckets.
+    pairs = np.sort((src << np.uint64(bits)) | dst)
+    pairs = pairs[first_of_runs(pairs)]
+    return nodes[(pairs >> np.uint64(bits)).astype(np.int64)], nodes[(pairs & np.uint64((1 << bits) - 1)).astype(np.int64)]
 
 
 def distinct_pairs(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,14 +214,14 @@ def attach_source_sketches(params: DedupConfig, partition_keys: list[int]):
         signed, row = table.find(src)
         src, dst = src[signed], dst[signed]
         target = node_partition(dst, len(partition_keys))
-        yield blocks_batch(EDGES, *pack_edges(src, dst, target, partition_keys))
+        yield from packed_edges(src, dst, target, partition_keys)
         # src is sorted: (target, src) pairs are distinct where they start a run once sorted by target.
         order = np.argsort(target, kind="stable")
         first = first_of_runs(target[order], src[order])
         sources = np.empty(int(first.sum()), dtype=record)
         sources["node"] = src[order][first]
         sources["sketch"] = table.sketches[row[order][first]]
-        yield blocks_batch(SOURCE_SIGNATURES, *pack_by_partition(sources, target[order][first], partition_keys))
+        yield from packed(SOURCE_SIGNATURES, sources, target[order][first], partition_keys)
 
     return compute
 
@@ -266,11 +265,26 @@ def edge_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 def routed_signatures(signatures: DataFrame, params: DedupConfig, partition_keys: list[int]) -> DataFrame:
     """BANDS blocks and, when the check is on, SIGNATURES blocks of the signed documents (nodes without shingles
-    are neither banded nor checked). With the check, they are checkpointed: the signature blocks are read twice, and
-    the signatures leave the JVM once."""
+    are neither banded nor checked), in the partitions they are routed to.
+
+    With the check they are checkpointed there: the signatures leave the JVM once and are shuffled once, and each
+    later step that unions them with blocks partitioned the same way reads them where they are (Spark keeps the
+    partitioning of a union of identically partitioned frames, so no exchange moves them again).
+    """
     compute = signature_blocks(params, partition_keys, with_sketches=params.verify_jaccard)
     blocks = signatures.filter("has_shingles").select("node", "signature").mapInArrow(compute, BLOCK_SCHEMA)
-    return blocks.localCheckpoint() if params.verify_jaccard else blocks
+    routed = in_their_partitions(len(partition_keys), blocks)
+    return routed.localCheckpoint() if params.verify_jaccard else routed
+
+
+def in_their_partitions(n_partitions: int, *frames: DataFrame) -> DataFrame:
+    """The union of block frames, every block in the partition its key is placed on. A frame already partitioned
+    that way (a checkpoint of routed blocks) is not shuffled again."""
+    routed = [frame.repartition(n_partitions, "partition_key") for frame in frames]
+    union = routed[0]
+    for frame in routed[1:]:
+        union = union.unionByName(frame)
+    return union.repartition(n_partitions, "partition_key")
 
 
 def of_kind(blocks: DataFrame, kind: int) -> DataFrame:
@@ -283,21 +297,21 @@ def candidate_blocks(routed: DataFrame, partition_keys: list[int]) -> DataFrame:
     A pair sharing several bands can come from buckets in several partitions: those copies remain (the check drops
     them before checking; connected components does not mind them).
     """
-    by_bucket = of_kind(routed, BANDS).repartition(len(partition_keys), "partition_key")
+    by_bucket = in_their_partitions(len(partition_keys), of_kind(routed, BANDS))
     return by_bucket.mapInArrow(bucket_edge_blocks(partition_keys), BLOCK_SCHEMA)
 
 
 def verified_edges(candidates: DataFrame, routed: DataFrame, params: DedupConfig, partition_keys: list[int]) -> DataFrame:
     """The distinct candidate edges whose MinHash-estimated Jaccard similarity reaches the threshold, as rows.
 
-    A join by hand, in two exchanges of blocks: edges meet their src's sketch (by src), then, carrying it, their
-    dst's (by dst), and are checked there.
+    A join by hand, in two exchanges of edge blocks: edges meet their src's sketch (by src), then, carrying it,
+    their dst's (by dst), and are checked there. The signature blocks stay where routed_signatures put them.
     """
     n_partitions = len(partition_keys)
     signatures = of_kind(routed, SIGNATURES)
-    by_src = candidates.unionByName(signatures).repartition(n_partitions, "partition_key")
+    by_src = in_their_partitions(n_partitions, signatures, candidates)
     with_sources = by_src.mapInArrow(attach_source_sketches(params, partition_keys), BLOCK_SCHEMA)
-    by_dst = with_sources.unionByName(signatures).repartition(n_partitions, "partition_key")
+    by_dst = in_their_partitions(n_partitions, signatures, with_sources)
     return by_dst.mapInArrow(check_edges(params), EDGE_SCHEMA)
 
 
