@@ -103,7 +103,7 @@ def payloads_by_kind(batches: Iterator[pa.RecordBatch]) -> dict[int, list]:
         kinds = batch.column("kind").to_numpy()
         payload = batch.column("payload")
         offsets = np.frombuffer(payload.buffers()[1], dtype=np.int32)[payload.offset : payload.offset + len(payload) + 1]
-        data = memoryview(payload.buffers()[2])
+        data = memoryview(payload.buffers()[2] or b"")
         for row, kind in enumerate(kinds.tolist()):
             found.setdefault(kind, []).append(data[offsets[row] : offsets[row + 1]])
     return found
