@@ -16,17 +16,21 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from pyspark.sql import functions as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dedup import dedup_params, process_tree_cpu_seconds, spark_session  # noqa: E402
 
-from xgen_core.data.dedup.candidates import candidate_edges, verified_edges  # noqa: E402
+from xgen_core.data.dedup.candidates import (  # noqa: E402
+    EDGE_RECORD, EDGES, candidate_blocks, routed_signatures, verified_edges,
+)  # fmt: skip
 from xgen_core.data.dedup.components import connected_components  # noqa: E402
 from xgen_core.data.dedup.documents import PER_DOCUMENT_SCHEMA, chunk_frame, scan_chunks, unified_schema  # noqa: E402
 from xgen_core.data.dedup.signatures import scanned_signatures  # noqa: E402
 from xgen_core.data.dedup.write import output_schemas, write_documents  # noqa: E402
+from xgen_core.data.sparkio import placement_keys  # noqa: E402
 
 
 def main() -> None:
@@ -46,9 +50,13 @@ def main() -> None:
     per_document = chunk_frame(spark, chunks).mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
     step("read, check, hash")
     signatures = scanned_signatures(per_document)
-    candidates = candidate_edges(signatures, params, cores).localCheckpoint()
-    step(f"candidate pairs ({candidates.count()})")
-    checked = verified_edges(candidates, signatures.select("node", "signature"), params, cores).localCheckpoint()
+    keys = placement_keys(spark, cores)
+    routed = routed_signatures(signatures, params, keys)  # checkpointed: read out of the JVM once
+    step("signatures routed (band and sketch blocks)")
+    candidates = candidate_blocks(routed, keys).localCheckpoint()
+    candidate_bytes = candidates.filter(F.col("kind") == EDGES).agg(F.sum(F.length("payload"))).first()[0] or 0
+    step(f"candidate pairs ({candidate_bytes // EDGE_RECORD.itemsize})")
+    checked = verified_edges(candidates, routed, params, keys).localCheckpoint()
     step(f"distinct pairs checked ({checked.count()} pass)")
     roots = connected_components(checked, print).localCheckpoint()
     step(f"connected components ({roots.count()} nodes in clusters)")

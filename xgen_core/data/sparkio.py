@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -70,3 +74,51 @@ def placement_keys(spark: SparkSession, n_partitions: int) -> list[int]:
     if len(first) < n_partitions:
         raise RuntimeError(f"no hash key found for {n_partitions - len(first)} of {n_partitions} partitions")
     return [int(first[i]) for i in range(n_partitions)]
+
+
+# Bytes of records per packed block: big enough that Spark moves few rows, small enough that no row nears Arrow's
+# 2 GiB binary limit or a shuffle page many times its size.
+BLOCK_BYTES = 4 << 20
+BATCH_BLOCKS = 64
+
+
+def pack_by_partition(
+    records: np.ndarray, target: np.ndarray, partition_keys: list[int]
+) -> Iterator[tuple[pa.Array, pa.Array]]:
+    """Records (a 1-D numpy array, structured or not) grouped by target partition into byte blocks.
+
+    Yields (placement keys, blocks) as Arrow arrays, for a batch each: every block holds the raw bytes of consecutive
+    records bound for one partition (at most BLOCK_BYTES of them), and its key is partition_keys[target], so that
+    Spark's hash partitioning by that key sends it there. Records keep their order within a partition; empty
+    partitions get no block. The blocks are slices of one buffer, the records sorted by target (no copy per block).
+    unpack_records reverses it.
+    """
+    n_partitions = len(partition_keys)
+    # A 16-bit target is sorted by radix sort, in linear time.
+    small = target.astype(np.uint16) if n_partitions <= 1 << 16 else target
+    order = np.argsort(small, kind="stable")
+    records, small = records[order], small[order]
+    starts = np.searchsorted(small, np.arange(n_partitions + 1))
+    size = max(1, records.dtype.itemsize)
+    per_block = max(1, BLOCK_BYTES // size)
+    keys, bounds = [], [0]
+    for partition in range(n_partitions):
+        for start in range(starts[partition], starts[partition + 1], per_block):
+            keys.append(partition_keys[partition])
+            bounds.append(min(start + per_block, starts[partition + 1]))
+    data = pa.py_buffer(np.ascontiguousarray(records).view(np.uint8))
+    offsets = np.asarray(bounds, dtype=np.int64) * size
+    # Arrow binary offsets are 32-bit: a batch holds at most BATCH_BLOCKS blocks.
+    for first in range(0, len(keys), BATCH_BLOCKS):
+        last = min(first + BATCH_BLOCKS, len(keys))
+        base = int(offsets[first])
+        batch_offsets = pa.py_buffer((offsets[first : last + 1] - base).astype(np.int32))
+        batch_data = data.slice(base, int(offsets[last]) - base)
+        yield pa.array(keys[first:last], pa.int64()), pa.Array.from_buffers(pa.binary(), last - first, [None, batch_offsets, batch_data])
+
+
+def unpack_records(blocks: list, dtype: np.dtype) -> np.ndarray:
+    """The records of several blocks (bytes or buffers) of one record type, as one numpy array."""
+    if len(blocks) == 1:
+        return np.frombuffer(blocks[0], dtype=dtype)
+    return np.frombuffer(b"".join(blocks), dtype=dtype)

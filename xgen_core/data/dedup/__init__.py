@@ -5,7 +5,8 @@ never enter the JVM):
   documents   Python tasks read the input chunks, quarantine bad rows and hash each text (exact key = graph node)
   signatures  MinHash per distinct text, vectorised per batch; reused from a previous run for unchanged snapshots
   candidates  LSH band buckets -> candidate pairs inside each bucket -> each distinct pair's MinHash-estimated Jaccard
-              check (a sorted join by hand: pairs meet their src's signature, then their dst's)
+              check (a join by hand of numpy records packed in blocks: pairs meet their src's signature sketch, then
+              their dst's)
   components  connected components of the checked pairs (each partition contracted to stars, then large-star /
               small-star until every component is a star)
   clusters    per cluster: size, snapshots, domains, first/last seen; top-k distinct variants kept, the rest flagged
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 
 from xgen_core.config import DedupConfig
 from xgen_core.data import prepared_layout
-from xgen_core.data.dedup.candidates import candidate_edges, verified_edges
+from xgen_core.data.dedup.candidates import graph_edges
 from xgen_core.data.dedup.components import connected_components
 from xgen_core.data.dedup.documents import (
     PER_DOCUMENT_SCHEMA, chunk_frame, parquet_inputs, scan_chunks, sign_new_snapshots, unified_schema,
@@ -79,9 +80,7 @@ def run_dedup(
         # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
         stored = background.submit(store_signatures, fresh, fingerprints, output_uri, previous, reused)
         partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-        edges = candidate_edges(signatures, params, partitions)
-        if params.verify_jaccard:
-            edges = verified_edges(edges, signatures.select("node", "signature"), params, partitions)
+        edges = graph_edges(signatures, params, partitions)
         roots = connected_components(edges, log)
         done("connected components")
         schemas = output_schemas(input_schema)
