@@ -222,3 +222,32 @@ def test_an_empty_input_gives_empty_readable_outputs(spark, tmp_path):
     assert counts["documents"] == 0 and counts["quarantined"] == 0
     data = pq.read_table(tmp_path / "out" / "data")
     assert data.num_rows == 0 and {"cluster_id", "kept", "cluster_rank"} <= set(data.column_names)
+
+
+def test_signature_directories_are_named_as_spark_names_partitions(spark, tmp_path):
+    from xgen_core.data.dedup.signatures import spark_partition_value
+
+    values = ["".join(chr(c) for c in range(1, 128)), "CC-MAIN-2024:10", "odd/name %", "plain", "ünï", "a=b"]
+    frame = spark.createDataFrame([(value, 1) for value in values], "snapshot string, n int")
+    frame.write.partitionBy("snapshot").parquet(str(tmp_path / "spark"))
+    written = sorted(path.name for path in (tmp_path / "spark").iterdir() if path.is_dir())
+    assert written == sorted(f"snapshot={spark_partition_value(value)}" for value in values)
+
+
+def test_written_signatures_read_back_once_per_text_sorted_by_node(spark, tmp_path):
+    import numpy as np
+
+    from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, write_signatures
+
+    generator = np.random.default_rng(3)
+    rows = []
+    for snapshot in ("s1", "s/2"):
+        for node in generator.integers(0, 1 << 60, 300).tolist():
+            signature = generator.integers(0, 1 << 32, 8, dtype=np.uint32).tobytes()
+            rows += [(snapshot, node, signature, bool(node % 3))] * int(generator.integers(1, 3))
+    write_signatures(spark.createDataFrame(rows, SIGNATURE_SCHEMA).repartition(3), str(tmp_path / "signatures"), 2)
+    back = spark.read.schema(SIGNATURE_SCHEMA).parquet(str(tmp_path / "signatures")).select(*SIGNATURE_SCHEMA.names).collect()
+    assert sorted(tuple(row) for row in back) == sorted(set(rows))
+    for file in (tmp_path / "signatures").rglob("part-*.parquet"):
+        nodes = pq.read_table(file).column("node").to_pylist()
+        assert nodes == sorted(set(nodes)) and {node % 2 for node in nodes} == {int(file.name[5:10])}

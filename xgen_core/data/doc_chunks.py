@@ -110,17 +110,20 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_parquet(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file; a local file appears whole (written aside, then renamed) or not at all."""
+def write_parquet(table: pa.Table, uri: str, **options) -> None:
+    """Write one Parquet file; a local file appears whole (written aside, then renamed) or not at all.
+
+    `options` go to pyarrow's write_table.
+    """
     if is_gcs(uri):
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS, **options)
         store_for(uri).write_bytes(uri, buffer.getvalue())
         return
     path = Path(normalize_uri(uri))
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, aside, row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(table, aside, row_group_size=ROW_GROUP_ROWS, **options)
     os.replace(aside, path)
 
 

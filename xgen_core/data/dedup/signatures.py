@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
 from xgen_core.data import minhash
-from xgen_core.data.sparkio import rename_parts, write_deterministic_parquet
+from xgen_core.data.doc_chunks import write_parquet
+from xgen_core.data.sparkio import pack_by_partition, placement_keys, unpack_records, write_deterministic_parquet
 from xgen_core.storage import join, normalize_uri, store_for
 
 # Bump when the shingling or signature layout changes: stored signatures from another version are not reused.
@@ -113,13 +116,106 @@ def signatures_of(fresh: DataFrame, spark: SparkSession, previous: str | None, r
     return fresh.unionByName(old)
 
 
+# Signature rows as numpy records on their way to the files.
+def stored_record(num_perm: int) -> np.dtype:
+    return np.dtype([("node", "<i8"), ("has_shingles", "?"), ("signature", "<u4", (num_perm,))])
+
+
+SIGNATURE_BLOCK_SCHEMA = T.StructType(
+    [T.StructField("partition_key", T.LongType()), T.StructField("snapshot", T.StringType()), T.StructField("payload", T.BinaryType())]
+)
+WRITTEN_SCHEMA = T.StructType([T.StructField("snapshot", T.StringType()), T.StructField("rows", T.LongType())])
+
+
 def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
-    """One file per snapshot directory, one row per distinct text of that snapshot, sorted by node."""
-    by_snapshot = signatures.repartition(n_files, "snapshot").dropDuplicates(["snapshot", "node"])
-    # Signatures are random bytes: dictionary encoding would only spend time discovering that.
-    writer = by_snapshot.sortWithinPartitions("snapshot", "node").write.option("parquet.enable.dictionary", "false")
-    writer.mode("overwrite").partitionBy("snapshot").parquet(uri)
-    rename_parts(signatures.sparkSession, uri)
+    """Spark's partitioned layout, snapshot=<name>/part-NNNNN.parquet, one row per distinct text of the snapshot:
+    file NNNNN of every snapshot holds its nodes with node % n_files == NNNNN, sorted by node.
+
+    The rows travel as numpy records packed in blocks (one per batch, snapshot and file) and each file is sorted and
+    written by one Python task: a Spark sort, distinct and Parquet write of the 512-byte rows cost twice as much.
+    A task holds 1/n_files of the signatures, whatever a snapshot's size.
+    """
+    spark = signatures.sparkSession
+    num_perm = signatures.select(F.length("signature")).filter("signature IS NOT NULL").limit(1).collect()
+    store_for(uri).delete_prefix(normalize_uri(uri))
+    if not num_perm:
+        return
+    num_perm = num_perm[0][0] // 4
+    keys = placement_keys(spark, n_files)
+    blocks = signatures.mapInArrow(signature_file_blocks(num_perm, keys), SIGNATURE_BLOCK_SCHEMA)
+    by_file = blocks.repartition(n_files, "partition_key")
+    by_file.mapInArrow(write_signature_files(uri, num_perm, n_files), WRITTEN_SCHEMA).collect()
+
+
+def signature_file_blocks(num_perm: int, partition_keys: list[int]):
+    """mapInArrow over signature rows: per batch and snapshot, its records packed by the file they belong to."""
+    n_files = len(partition_keys)
+
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            snapshots = pc.dictionary_encode(batch.column("snapshot"))
+            codes = snapshots.indices.to_numpy(zero_copy_only=False)
+            records = np.empty(batch.num_rows, dtype=stored_record(num_perm))
+            records["node"] = batch.column("node").to_numpy(zero_copy_only=False)
+            records["has_shingles"] = batch.column("has_shingles").to_numpy(zero_copy_only=False)
+            records["signature"] = signature_matrix(batch.column("signature"), num_perm)
+            for code, snapshot in enumerate(snapshots.dictionary.to_pylist()):
+                mine = records[codes == code]
+                file_of = (mine["node"].view(np.uint64) % np.uint64(n_files)).astype(np.int64)
+                for keys, payloads in pack_by_partition(mine, file_of, partition_keys):
+                    labels = pa.array([snapshot] * len(keys), pa.string())
+                    yield pa.RecordBatch.from_arrays([keys, labels, payloads], names=SIGNATURE_BLOCK_SCHEMA.names)
+
+    return compute
+
+
+def write_signature_files(uri: str, num_perm: int, n_files: int):
+    """mapInArrow over one file number's blocks: each snapshot's records sorted by node, once each, written."""
+
+    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        payloads: dict[str, list] = {}
+        for batch in batches:
+            for snapshot, payload in zip(batch.column("snapshot").to_pylist(), batch.column("payload").to_pylist()):
+                payloads.setdefault(snapshot, []).append(payload)
+        for snapshot in sorted(payloads):
+            records = unpack_records(payloads[snapshot], stored_record(num_perm))
+            records = records[np.argsort(records["node"], kind="stable")]
+            records = records[first_of_sorted_runs(records["node"])]
+            file_number = int(records["node"][0]) % n_files
+            table = pa.table(
+                {
+                    "node": pa.array(records["node"]),
+                    "signature": fixed_width_binary(records["signature"]),
+                    "has_shingles": pa.array(records["has_shingles"]),
+                }
+            )
+            path = join(uri, f"snapshot={spark_partition_value(snapshot)}", f"part-{file_number:05d}.parquet")
+            # Signatures are random bytes: dictionary encoding would only spend time discovering that.
+            write_parquet(table, path, use_dictionary=False)
+            yield pa.RecordBatch.from_arrays([pa.array([snapshot]), pa.array([len(records)], pa.int64())], names=WRITTEN_SCHEMA.names)
+
+    return compute
+
+
+def first_of_sorted_runs(values: np.ndarray) -> np.ndarray:
+    """Mask of the first element of each run of equal values."""
+    mask = np.ones(len(values), dtype=bool)
+    mask[1:] = values[1:] != values[:-1]
+    return mask
+
+
+# The characters Spark escapes (as %XX) in a partition directory name (ExternalCatalogUtils.escapePathName).
+SPARK_ESCAPED = {chr(c) for c in range(0x01, 0x20)} | set('"#%\'*/:=?\\\x7f{[]^')
+SPARK_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
+def spark_partition_value(value: str | None) -> str:
+    """A partition value as Spark writes it in a directory name (null and empty both as Hive's default)."""
+    if not value:
+        return SPARK_NULL_PARTITION
+    return "".join(f"%{ord(c):02X}" if c in SPARK_ESCAPED else c for c in value)
 
 
 def store_signatures(
