@@ -197,6 +197,12 @@ class SketchTable:
         return found, row[found]
 
 
+def blocks_and_edges(batches: Iterator[pa.RecordBatch]) -> tuple[dict[int, list], np.ndarray]:
+    """A partition's block payloads by kind, and its EDGES records unpacked."""
+    payloads = payloads_by_kind(batches)
+    return payloads, unpack_records(payloads.get(EDGES, []), EDGE_RECORD)
+
+
 def attach_source_sketches(params: DedupConfig, partition_keys: list[int]):
     """mapInArrow over a partition's SIGNATURES and EDGES blocks (routed by node, and by src): each distinct edge
     whose src is signed, routed by dst as EDGES blocks, with the sketches of their srcs as SOURCE_SIGNATURES blocks
@@ -204,8 +210,7 @@ def attach_source_sketches(params: DedupConfig, partition_keys: list[int]):
     record = sketch_record(params.num_perm)
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        payloads = payloads_by_kind(batches)
-        edges = unpack_records(payloads.get(EDGES, []), EDGE_RECORD)
+        payloads, edges = blocks_and_edges(batches)
         if len(edges) == 0:
             return
         # Pairs found in buckets of several partitions meet here, at their src: each is kept once.
@@ -232,8 +237,7 @@ def check_edges(params: DedupConfig):
     record = sketch_record(params.num_perm)
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        payloads = payloads_by_kind(batches)
-        edges = unpack_records(payloads.get(EDGES, []), EDGE_RECORD)
+        payloads, edges = blocks_and_edges(batches)
         if len(edges) == 0:
             return
         src, dst = edges["src"], edges["dst"]
@@ -258,7 +262,7 @@ def check_edges(params: DedupConfig):
 
 def edge_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow: EDGES blocks as (src, dst) rows."""
-    edges = unpack_records(payloads_by_kind(batches).get(EDGES, []), EDGE_RECORD)
+    _, edges = blocks_and_edges(batches)
     if len(edges):
         yield pa.RecordBatch.from_arrays([pa.array(edges["src"]), pa.array(edges["dst"])], names=EDGE_SCHEMA.names)
 
