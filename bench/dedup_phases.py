@@ -27,8 +27,10 @@ from xgen_core.data.dedup.candidates import (  # noqa: E402
     EDGE_RECORD, EDGES, candidate_blocks, routed_signatures, verified_edges,
 )  # fmt: skip
 from xgen_core.data.dedup.components import connected_components  # noqa: E402
-from xgen_core.data.dedup.documents import PER_DOCUMENT_SCHEMA, chunk_frame, scan_chunks, unified_schema  # noqa: E402
-from xgen_core.data.dedup.signatures import scanned_signatures  # noqa: E402
+from xgen_core.data.dedup.documents import (  # noqa: E402
+    SCAN_SCHEMA, blocks_of, chunk_frame, documents_of, scan_chunks, unified_schema,
+)  # fmt: skip
+from xgen_core.data.dedup.signatures import Signing  # noqa: E402
 from xgen_core.data.dedup.write import output_schemas, write_documents  # noqa: E402
 from xgen_core.data.sparkio import placement_keys  # noqa: E402
 
@@ -46,13 +48,13 @@ def main() -> None:
         last[:] = [cpu, wall]
 
     chunks, schema = unified_schema([path], params.rows_per_chunk)
-    scan = scan_chunks(params, with_signatures=True)
-    per_document = chunk_frame(spark, chunks).mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
-    step("read, check, hash")
-    signatures = scanned_signatures(per_document)
     keys = placement_keys(spark, cores)
-    routed = routed_signatures(signatures, params, keys)  # checkpointed: read out of the JVM once
-    step("signatures routed (band and sketch blocks)")
+    signing = Signing(params, tuple(keys), tuple(keys))
+    scanned = chunk_frame(spark, chunks).mapInArrow(scan_chunks(params, signing), SCAN_SCHEMA).localCheckpoint()
+    per_document = documents_of(scanned)
+    step("read, check, hash, sign")
+    routed = routed_signatures(blocks_of(scanned), params, keys)  # checkpointed
+    step("band and sketch blocks routed")
     candidates = candidate_blocks(routed, keys).localCheckpoint()
     candidate_bytes = candidates.filter(F.col("kind") == EDGES).agg(F.sum(F.length("payload"))).first()[0] or 0
     step(f"candidate pairs ({candidate_bytes // EDGE_RECORD.itemsize})")

@@ -201,12 +201,37 @@ def test_a_refresh_with_nothing_new_signs_nothing_and_equals_the_previous_output
         assert same_files(tmp_path / "again" / folder, tmp_path / "first" / folder), folder
 
 
+def write_signature_rows(spark, rows: list[tuple], uri: str, n_files: int, n_tasks: int = 1) -> None:
+    """(snapshot, node, signature bytes, has_shingles) rows written to signatures/ as run_dedup writes what its scan
+    tasks sign: STORED blocks from each of n_tasks tasks, then the files."""
+    import numpy as np
+    import pyarrow as pa
+
+    from xgen_core.data.dedup.signatures import STORED_BLOCK_SCHEMA, stored_blocks, stored_record, write_signature_blocks
+    from xgen_core.data.sparkio import placement_keys
+
+    num_perm = len(rows[0][2]) // 4
+    keys = placement_keys(spark, n_files)
+    batches = []
+    for task in np.array_split(np.arange(len(rows)), n_tasks):
+        mine = [rows[i] for i in task]
+        names = sorted({row[0] for row in mine})
+        records = np.empty(len(mine), dtype=stored_record(num_perm))
+        records["node"] = [row[1] for row in mine]
+        records["has_shingles"] = [row[3] for row in mine]
+        records["signature"] = np.frombuffer(b"".join(row[2] for row in mine), dtype=np.uint32).reshape(-1, num_perm)
+        codes = np.array([names.index(row[0]) for row in mine])
+        batches += stored_blocks(records, codes, names, keys)
+    blocks = [tuple(row.values()) for row in pa.Table.from_batches(batches).to_pylist()]
+    write_signature_blocks(spark.createDataFrame(blocks, STORED_BLOCK_SCHEMA), uri, n_files, num_perm)
+
+
 def test_reused_signature_files_are_found_under_spark_escaped_snapshot_names(spark, tmp_path):
-    from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, reused_signature_files, write_signatures
+    from xgen_core.data.dedup.signatures import reused_signature_files
 
     names = ["CC-MAIN-2024:10", "odd/name %", "plain"]
     rows = [(name, index, bytes(8), True) for index, name in enumerate(names)]
-    write_signatures(spark.createDataFrame(rows, SIGNATURE_SCHEMA), str(tmp_path / "signatures"), 2)
+    write_signature_rows(spark, rows, str(tmp_path / "signatures"), 2)
     found = reused_signature_files(str(tmp_path), names[:2])
     assert len(found) == 2 and all(Path(uri).is_file() for uri, _ in found)
     with pytest.raises(RuntimeError, match="no signature files"):
@@ -237,7 +262,7 @@ def test_signature_directories_are_named_as_spark_names_partitions(spark, tmp_pa
 def test_written_signatures_read_back_once_per_text_sorted_by_node(spark, tmp_path):
     import numpy as np
 
-    from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, write_signatures
+    from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA
 
     generator = np.random.default_rng(3)
     rows = []
@@ -245,7 +270,7 @@ def test_written_signatures_read_back_once_per_text_sorted_by_node(spark, tmp_pa
         for node in generator.integers(0, 1 << 60, 300).tolist():
             signature = generator.integers(0, 1 << 32, 8, dtype=np.uint32).tobytes()
             rows += [(snapshot, node, signature, bool(node % 3))] * int(generator.integers(1, 3))
-    write_signatures(spark.createDataFrame(rows, SIGNATURE_SCHEMA).repartition(3), str(tmp_path / "signatures"), 2)
+    write_signature_rows(spark, rows, str(tmp_path / "signatures"), 2, n_tasks=3)
     back = spark.read.schema(SIGNATURE_SCHEMA).parquet(str(tmp_path / "signatures")).select(*SIGNATURE_SCHEMA.names).collect()
     assert sorted(tuple(row) for row in back) == sorted(set(rows))
     for file in (tmp_path / "signatures").rglob("part-*.parquet"):

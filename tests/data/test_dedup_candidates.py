@@ -12,9 +12,9 @@ from xgen_core.data import minhash
 from xgen_core.data.dedup import candidates
 from xgen_core.data.dedup.candidates import (
     attach_source_sketches, bucket_edge_blocks, bucket_neighbour_pairs, check_edges, edge_rows, graph_edges,
-    signature_blocks,
+    signature_blocks, signature_rows_as_blocks,
 )  # fmt: skip
-from xgen_core.data.dedup.signatures import fixed_width_binary
+from xgen_core.data.sparkio import fixed_width_binary, placement_keys
 from xgen_core.data import sparkio
 from xgen_core.data.sparkio import pack_by_partition, unpack_records
 
@@ -78,8 +78,12 @@ def direct_check(nodes: np.ndarray, sigs: np.ndarray, params) -> set[tuple[int, 
 def signature_batches(nodes: np.ndarray, sigs: np.ndarray, batch_rows: int) -> list[pa.RecordBatch]:
     return [
         pa.RecordBatch.from_arrays(
-            [pa.array(nodes[start : start + batch_rows]), fixed_width_binary(sigs[start : start + batch_rows])],
-            names=["node", "signature"],
+            [
+                pa.array(nodes[start : start + batch_rows]),
+                fixed_width_binary(sigs[start : start + batch_rows]),
+                pa.array(np.ones(len(nodes[start : start + batch_rows]), dtype=bool)),
+            ],
+            names=["node", "signature", "has_shingles"],
         )
         for start in range(0, len(nodes), batch_rows)
     ]
@@ -111,7 +115,7 @@ def test_block_check_equals_a_direct_check_of_the_signatures(n_partitions):
     assert 0 < len(expected) < len(candidate_pairs)  # some pairs fail the check: it is tested both ways
     partition_keys = [1000 + p for p in range(n_partitions)]
 
-    routed = run_partitions(signature_blocks(PARAMS, partition_keys, with_sketches=True), [signature_batches(nodes, sigs, 37)])
+    routed = run_partitions(signature_blocks(PARAMS, partition_keys), [signature_batches(nodes, sigs, 37)])
     edges = run_partitions(bucket_edge_blocks(partition_keys), exchange(of_kind(routed, candidates.BANDS), partition_keys))
     signatures = of_kind(routed, candidates.SIGNATURES)
     with_sources = run_partitions(attach_source_sketches(PARAMS, partition_keys), exchange(edges + signatures, partition_keys))
@@ -128,7 +132,7 @@ def test_block_check_equals_a_direct_check_of_the_signatures(n_partitions):
 def test_edges_without_a_signature_are_dropped_and_empty_partitions_give_nothing():
     partition_keys = [5, 6]
     nodes, sigs = np.array([10, 12]), np.zeros((2, PARAMS.num_perm), dtype=np.uint32)
-    routed = run_partitions(signature_blocks(PARAMS, partition_keys, with_sketches=True), [signature_batches(nodes, sigs, 8)])
+    routed = run_partitions(signature_blocks(PARAMS, partition_keys), [signature_batches(nodes, sigs, 8)])
     # 12 -> 10 passes (equal signatures); 14 -> 10 and 12 -> 11: node 14 and node 11 were never signed.
     edges = np.array([(12, 10), (14, 10), (12, 11)], dtype=candidates.EDGE_RECORD)
     target = candidates.node_partition(edges["src"], 2)
@@ -153,7 +157,9 @@ def test_graph_edges_in_spark_equal_the_direct_check(spark, partitions, verify):
     rows += [(int(n), np.zeros(PARAMS.num_perm, np.uint32).tobytes(), False) for n in blank]
     signatures = spark.createDataFrame(rows, "node long, signature binary, has_shingles boolean").repartition(4)
     params = PARAMS.model_copy(update={"verify_jaccard": verify})
-    found = [(row.src, row.dst) for row in graph_edges(signatures, params, partitions).collect()]
+    keys = placement_keys(spark, partitions)
+    edges = graph_edges(signature_rows_as_blocks(signatures, params, keys), params, keys)
+    found = [(row.src, row.dst) for row in edges.collect()]
     if verify:
         assert len(found) == len(set(found)) and set(found) == expected
     else:

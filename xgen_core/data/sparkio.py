@@ -1,4 +1,5 @@
-"""Writing byte-reproducible Parquet with Spark, on any filesystem Hadoop can reach."""
+"""Spark I/O helpers: byte-reproducible Parquet on any filesystem Hadoop can reach, and numpy records moved through
+Spark as packed binary blocks or fixed-width binary columns."""
 
 from __future__ import annotations
 
@@ -122,3 +123,40 @@ def unpack_records(blocks: list, dtype: np.dtype) -> np.ndarray:
     if len(blocks) == 1:
         return np.frombuffer(blocks[0], dtype=dtype)
     return np.frombuffer(b"".join(blocks), dtype=dtype)
+
+
+def fixed_width_binary(rows: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """An Arrow binary array with one value per row of a 2-D array, built without a Python loop.
+
+    With `valid` (bool[n], as many True as `rows` has rows), an array of n values: the rows in the valid places,
+    in order, and nulls elsewhere.
+    """
+    data = np.ascontiguousarray(rows)
+    width = data.shape[1] * data.itemsize
+    if valid is None:
+        offsets = np.arange(len(data) + 1, dtype=np.int32) * width
+        return pa.Array.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
+    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+    np.cumsum(valid * np.int32(width), out=offsets[1:])
+    validity = pa.array(valid).buffers()[1]
+    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())]
+    return pa.Array.from_buffers(pa.binary(), len(valid), buffers, null_count=int(len(valid) - valid.sum()))
+
+
+def signature_matrix(column: pa.Array, num_perm: int) -> np.ndarray:
+    """Inverse of fixed_width_binary: uint32[n, num_perm] from a binary column of signatures."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    data = column.buffers()[2]
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    flat = np.frombuffer(data, dtype=np.uint32, count=(offsets[-1] - offsets[0]) // 4, offset=int(offsets[0]))
+    return flat.reshape(len(column), num_perm)
+
+
+def first_of_runs(*sorted_columns: np.ndarray) -> np.ndarray:
+    """Mask of the rows where any column differs from the previous row (the first row always)."""
+    n = len(sorted_columns[0])
+    mask = np.zeros(n, dtype=bool)
+    mask[:1] = True
+    for column in sorted_columns:
+        mask[1:] |= column[1:] != column[:-1]
+    return mask

@@ -16,6 +16,7 @@ never enter the JVM):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +29,13 @@ from xgen_core.data import prepared_layout
 from xgen_core.data.dedup.candidates import graph_edges
 from xgen_core.data.dedup.components import connected_components
 from xgen_core.data.dedup.documents import (
-    PER_DOCUMENT_SCHEMA, chunk_frame, parquet_inputs, scan_chunks, sign_new_snapshots, unified_schema,
+    SCAN_SCHEMA, blocks_of, chunk_frame, documents_of, parquet_inputs, scan_chunks, sign_new_snapshots, unified_schema,
 )  # fmt: skip
 from xgen_core.data.dedup.signatures import (
-    reusable_snapshots, scanned_signatures, signatures_of, snapshot_fingerprints, store_signatures,
+    Signing, reusable_snapshots, signatures_of, snapshot_fingerprints, store_signatures, stored_count,
 )  # fmt: skip
 from xgen_core.data.dedup.write import output_schemas, write_documents
+from xgen_core.data.sparkio import placement_keys
 from xgen_core.storage import join, normalize_uri, store_for
 
 
@@ -61,26 +63,29 @@ def run_dedup(
     chunks, input_schema = unified_schema(parquet_inputs(spark, input_uri, scratch), params.rows_per_chunk)
     descriptors = chunk_frame(spark, chunks)
 
-    # Every text is read and hashed once here; a refresh signs none yet (it does not know which snapshots it reuses).
-    scan = scan_chunks(params, with_signatures=not previous)
-    per_document = descriptors.mapInArrow(scan, PER_DOCUMENT_SCHEMA).localCheckpoint()
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    n_files = spark.sparkContext.defaultParallelism
+    signing = Signing(params, tuple(placement_keys(spark, partitions)), tuple(placement_keys(spark, n_files)))
+    # Every text is read and hashed once here, and signed unless this is a refresh (it does not know yet which
+    # snapshots it reuses): the signatures leave the scan as blocks bound for the graph and for signatures/.
+    scanned = descriptors.mapInArrow(scan_chunks(params, None if previous else signing), SCAN_SCHEMA).localCheckpoint()
+    per_document = documents_of(scanned)
     done("documents hashed")
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
     fingerprints = snapshot_fingerprints(hashable, params)
     if previous:
         fingerprints = fingerprints.localCheckpoint()
         reused = reusable_snapshots(spark, fingerprints, previous)
-        fresh, read_to_sign = sign_new_snapshots(spark, hashable, chunks, params, reused)
+        signing = dataclasses.replace(signing, reused=frozenset(reused))
+        fresh, read_to_sign = sign_new_snapshots(spark, hashable, chunks, signing)
         done(f"snapshots not reused signed ({read_to_sign} documents read again)")
     else:
-        reused, fresh, read_to_sign = [], scanned_signatures(per_document), sum(chunk.row_count for chunk in chunks)
-    # Fresh signatures from memory, reused ones from the previous output.
-    signatures = signatures_of(fresh, spark, previous, reused)
+        reused, fresh, read_to_sign = [], blocks_of(scanned), sum(chunk.row_count for chunk in chunks)
     with ThreadPoolExecutor(max_workers=1) as background:
         # Nothing below reads the stored signatures: Spark runs their write in the gaps of the graph jobs.
-        stored = background.submit(store_signatures, fresh, fingerprints, output_uri, previous, reused)
-        partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-        edges = graph_edges(signatures, params, partitions)
+        stored = background.submit(store_signatures, fresh, fingerprints, output_uri, previous, reused, signing)
+        # Fresh signatures from the scan, reused ones from the previous output.
+        edges = graph_edges(signatures_of(fresh, spark, previous, reused, signing), params, list(signing.graph_keys))
         roots = connected_components(edges, log)
         done("connected components")
         schemas = output_schemas(input_schema)
@@ -90,7 +95,7 @@ def run_dedup(
     done(f"signatures written (reused for {len(reused)} snapshot(s))")
     store_for(output_uri).delete_prefix(normalize_uri(scratch))
     counts["snapshots_reusing_signatures"] = len(reused)
-    counts["texts_signed"] = fresh.count()
+    counts["texts_signed"] = stored_count(fresh, params.num_perm)
     counts["documents_read_to_sign"] = read_to_sign
     return counts
 

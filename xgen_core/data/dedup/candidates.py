@@ -24,8 +24,7 @@ from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
 from xgen_core.data import minhash
-from xgen_core.data.dedup.signatures import signature_matrix
-from xgen_core.data.sparkio import pack_by_partition, placement_keys, unpack_records
+from xgen_core.data.sparkio import first_of_runs, pack_by_partition, signature_matrix, unpack_records
 
 
 BLOCK_SCHEMA = T.StructType(
@@ -64,32 +63,41 @@ def node_partition(nodes: np.ndarray, n_partitions: int) -> np.ndarray:
     return (nodes.view(np.uint64) % np.uint64(n_partitions)).astype(np.int64)
 
 
-def signature_blocks(params: DedupConfig, partition_keys: list[int], with_sketches: bool):
-    """mapInArrow over (node, signature) rows: per batch, its (band key, node) pairs as BANDS blocks and, when the
-    check follows, its (node, sketch) records as SIGNATURES blocks.
+def graph_blocks(
+    nodes: np.ndarray, signatures: np.ndarray, params: DedupConfig, partition_keys: list[int], with_sketches: bool
+) -> Iterator[pa.RecordBatch]:
+    """BLOCK_SCHEMA batches for signed texts (nodes with shingles only): their (band key, node) pairs as BANDS
+    blocks and, when the check follows, their (node, sketch) records as SIGNATURES blocks.
 
     Every document lands in `bands` buckets; shuffling one Spark row per (document, band) costs more than the
     banding itself, so the pairs travel as a few large blocks, routed by band key, and are unpacked in numpy.
     """
+    if len(nodes) == 0:
+        return
     bands, rows = minhash.lsh_params(params.threshold, params.num_perm)
     n_partitions = len(partition_keys)
+    pairs = np.empty(len(nodes) * bands, dtype=BAND_RECORD)
+    pairs["key"] = minhash.band_keys(signatures, bands, rows).reshape(-1)
+    pairs["node"] = np.repeat(nodes, bands)
+    target = (pairs["key"].view(np.uint64) % np.uint64(n_partitions)).astype(np.int64)
+    yield from packed(BANDS, pairs, target, partition_keys)
+    if with_sketches:
+        sketches = np.empty(len(nodes), dtype=sketch_record(params.num_perm))
+        sketches["node"] = nodes
+        sketches["sketch"] = signatures.astype(SKETCH)  # the low bits
+        yield from packed(SIGNATURES, sketches, node_partition(nodes, n_partitions), partition_keys)
+
+
+def signature_blocks(params: DedupConfig, partition_keys: list[int]):
+    """mapInArrow over (node, signature, has_shingles) rows (signatures read back from a previous output): their
+    graph_blocks, per batch."""
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            signatures = signature_matrix(batch.column("signature"), params.num_perm)
-            nodes = batch.column("node").to_numpy()
-            pairs = np.empty(len(nodes) * bands, dtype=BAND_RECORD)
-            pairs["key"] = minhash.band_keys(signatures, bands, rows).reshape(-1)
-            pairs["node"] = np.repeat(nodes, bands)
-            target = (pairs["key"].view(np.uint64) % np.uint64(n_partitions)).astype(np.int64)
-            yield from packed(BANDS, pairs, target, partition_keys)
-            if with_sketches:
-                sketches = np.empty(len(nodes), dtype=sketch_record(params.num_perm))
-                sketches["node"] = nodes
-                sketches["sketch"] = signatures.astype(SKETCH)  # the low bits
-                yield from packed(SIGNATURES, sketches, node_partition(nodes, n_partitions), partition_keys)
+            signed = batch.column("has_shingles").to_numpy(zero_copy_only=False)
+            nodes = batch.column("node").to_numpy()[signed]
+            signatures = signature_matrix(batch.column("signature"), params.num_perm)[signed]
+            yield from graph_blocks(nodes, signatures, params, partition_keys, with_sketches=params.verify_jaccard)
 
     return compute
 
@@ -167,16 +175,6 @@ def distinct_pairs(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.nda
     src, dst = src[order], dst[order]
     fresh = first_of_runs(src, dst)
     return src[fresh], dst[fresh]
-
-
-def first_of_runs(*sorted_columns: np.ndarray) -> np.ndarray:
-    """Mask of the rows where any column differs from the previous row (the first row always)."""
-    n = len(sorted_columns[0])
-    mask = np.zeros(n, dtype=bool)
-    mask[:1] = True
-    for column in sorted_columns:
-        mask[1:] |= column[1:] != column[:-1]
-    return mask
 
 
 class SketchTable:
@@ -267,17 +265,20 @@ def edge_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield pa.RecordBatch.from_arrays([pa.array(edges["src"]), pa.array(edges["dst"])], names=EDGE_SCHEMA.names)
 
 
-def routed_signatures(signatures: DataFrame, params: DedupConfig, partition_keys: list[int]) -> DataFrame:
-    """BANDS blocks and, when the check is on, SIGNATURES blocks of the signed documents (nodes without shingles
-    are neither banded nor checked), in the partitions they are routed to.
+def signature_rows_as_blocks(signatures: DataFrame, params: DedupConfig, partition_keys: list[int]) -> DataFrame:
+    """Signature rows (node, signature, has_shingles) as the graph's BLOCK_SCHEMA blocks, not yet routed."""
+    return signatures.select("node", "signature", "has_shingles").mapInArrow(signature_blocks(params, partition_keys), BLOCK_SCHEMA)
 
-    With the check they are checkpointed there: the signatures leave the JVM once and are shuffled once, and each
-    later step that unions them with blocks partitioned the same way reads them where they are (Spark keeps the
-    partitioning of a union of identically partitioned frames, so no exchange moves them again).
+
+def routed_signatures(blocks: DataFrame, params: DedupConfig, partition_keys: list[int]) -> DataFrame:
+    """The BANDS and (with the check) SIGNATURES blocks, in the partitions they are routed to.
+
+    With the check they are checkpointed there: the blocks are shuffled once, and each later step that unions them
+    with blocks partitioned the same way reads them where they are (Spark keeps the partitioning of a union of
+    identically partitioned frames, so no exchange moves them again).
     """
-    compute = signature_blocks(params, partition_keys, with_sketches=params.verify_jaccard)
-    blocks = signatures.filter("has_shingles").select("node", "signature").mapInArrow(compute, BLOCK_SCHEMA)
-    routed = in_their_partitions(len(partition_keys), blocks)
+    graph_kinds = blocks.filter(F.col("kind").isin(BANDS, SIGNATURES)).select(*BLOCK_SCHEMA.names)
+    routed = in_their_partitions(len(partition_keys), graph_kinds)
     return routed.localCheckpoint() if params.verify_jaccard else routed
 
 
@@ -319,11 +320,11 @@ def verified_edges(candidates: DataFrame, routed: DataFrame, params: DedupConfig
     return by_dst.mapInArrow(check_edges(params), EDGE_SCHEMA)
 
 
-def graph_edges(signatures: DataFrame, params: DedupConfig, partitions: int) -> DataFrame:
-    """(src, dst) rows for connected components: the candidate pairs, checked when params.verify_jaccard."""
-    keys = placement_keys(signatures.sparkSession, partitions)
-    routed = routed_signatures(signatures, params, keys)
-    candidates = candidate_blocks(routed, keys)
+def graph_edges(blocks: DataFrame, params: DedupConfig, partition_keys: list[int]) -> DataFrame:
+    """(src, dst) rows for connected components, from the signed texts' graph_blocks (placed for partition_keys):
+    the candidate pairs, checked when params.verify_jaccard."""
+    routed = routed_signatures(blocks, params, partition_keys)
+    candidates = candidate_blocks(routed, partition_keys)
     if params.verify_jaccard:
-        return verified_edges(candidates, routed, params, keys)
+        return verified_edges(candidates, routed, params, partition_keys)
     return candidates.mapInArrow(edge_rows, EDGE_SCHEMA)

@@ -18,10 +18,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
-from xgen_core.data.dedup.candidates import first_of_runs
-from xgen_core.data.dedup.signatures import SIGNATURE_SCHEMA, fixed_width_binary, signatures_of_rows
+from xgen_core.data.dedup.signatures import STORED_BLOCK_SCHEMA, Signing, signed_blocks
 from xgen_core.data.doc_chunks import Chunk, data_files, input_format, plan_chunks, read_chunk
-from xgen_core.data.sparkio import rename_parts
+from xgen_core.data.sparkio import first_of_runs, rename_parts
 from xgen_core.errors import XgenError
 
 BINARY_SHARE_LIMIT = 0.05
@@ -255,10 +254,11 @@ PER_DOCUMENT_SCHEMA = T.StructType(
         T.StructField("quality", T.DoubleType()),
         T.StructField("length", T.IntegerType()),
         T.StructField("quarantine_reason", T.StringType()),
-        T.StructField("signature", T.BinaryType()),
-        T.StructField("has_shingles", T.BooleanType()),
     ]
 )
+# What a scan task yields: per-document rows (kind null) and, where it signs, signature blocks (the document columns
+# null but snapshot on STORED blocks). One checkpoint holds both; the signatures never become rows of their own.
+SCAN_SCHEMA = T.StructType([*PER_DOCUMENT_SCHEMA.fields, *[f for f in STORED_BLOCK_SCHEMA.fields if f.name != "snapshot"]])
 CHUNK_SCHEMA = "chunk int, uri string, row_start long, row_count long"
 SCAN_BATCH_ROWS = 8192
 
@@ -284,16 +284,16 @@ def for_each_chunk(process: Callable[[Chunk], Iterator[pa.RecordBatch]]):
     return compute
 
 
-def scan_chunks(params: DedupConfig, with_signatures: bool):
-    """Every document's slim columns and quarantine reason, and (with_signatures) a signature on the first row of
-    each distinct (snapshot, text) of the chunk (others carry nulls)."""
-    return for_each_chunk(lambda chunk: scan_chunk(chunk, params, with_signatures))
+def scan_chunks(params: DedupConfig, signing: Signing | None):
+    """Every document's slim columns and quarantine reason and, with `signing`, the blocks of the signatures of each
+    distinct (snapshot, text) of the chunk (SCAN_SCHEMA)."""
+    return for_each_chunk(lambda chunk: scan_chunk(chunk, params, signing))
 
 
-def sign_chunks(params: DedupConfig, reused: frozenset[str]):
-    """One signature row (SIGNATURE_SCHEMA) per distinct (snapshot, text) of the chunk's checked rows, for the
-    snapshots not in `reused` (a refresh signs only what is new)."""
-    return for_each_chunk(lambda chunk: sign_chunk(chunk, params, reused))
+def sign_chunks(signing: Signing):
+    """The signature blocks (SCAN_SCHEMA, no document rows) of each distinct (snapshot, text) of the chunk's checked
+    rows, for the snapshots not in signing.reused (a refresh signs only what is new)."""
+    return for_each_chunk(lambda chunk: sign_chunk(chunk, signing))
 
 
 def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, list, np.ndarray]:
@@ -317,16 +317,8 @@ def first_rows_of_keys(snapshots: pa.ChunkedArray, nodes: np.ndarray, reasons: l
     return np.sort(ordered[first_of_runs(snapshot_codes[ordered], nodes[ordered])])
 
 
-def scan_chunk(chunk: Chunk, params: DedupConfig, with_signatures: bool):
+def scan_chunk(chunk: Chunk, params: DedupConfig, signing: Signing | None) -> Iterator[pa.RecordBatch]:
     docs, texts, reasons, nodes = checked_chunk(chunk, params)
-    signature_column, shingles_column = pa.nulls(len(docs), pa.binary()), pa.nulls(len(docs), pa.bool_())
-    if with_signatures:
-        rows = first_rows_of_keys(docs.column("snapshot"), nodes, reasons, frozenset())
-        sigs, has_shingles = signatures_of_rows(texts, rows, nodes, params)
-        signed = np.zeros(len(docs), dtype=bool)
-        signed[rows] = True
-        signature_column = fixed_width_binary(sigs, signed)
-        shingles_column = pa.array(scatter(has_shingles, rows, len(docs)), mask=~signed)
     columns = {
         "chunk": pa.array(np.full(len(docs), chunk.index, np.int32)),
         "row": pa.array(np.arange(len(docs), dtype=np.int32)),
@@ -339,42 +331,60 @@ def scan_chunk(chunk: Chunk, params: DedupConfig, with_signatures: bool):
         "quality": docs.column("quality"),
         "length": pc.utf8_length(docs.column("text")).cast(pa.int32()),
         "quarantine_reason": pa.array(reasons, pa.string()),
-        "signature": signature_column,
-        "has_shingles": shingles_column,
     }
-    yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+    for batch in pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS):
+        yield as_scan_batch(batch)
+    if signing:
+        yield from signatures_of_chunk(docs, texts, reasons, nodes, signing)
 
 
-def scatter(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """An array of n values (zeros) with values[i] placed at rows[i]."""
-    placed = np.zeros(n, dtype=values.dtype)
-    placed[rows] = values
-    return placed
+def sign_chunk(chunk: Chunk, signing: Signing) -> Iterator[pa.RecordBatch]:
+    yield from signatures_of_chunk(*checked_chunk(chunk, signing.params), signing)
 
 
-def sign_chunk(chunk: Chunk, params: DedupConfig, reused: frozenset[str]):
-    docs, texts, reasons, nodes = checked_chunk(chunk, params)
-    rows = first_rows_of_keys(docs.column("snapshot"), nodes, reasons, reused)
-    sigs, has_shingles = signatures_of_rows(texts, rows, nodes, params)
-    columns = {
-        "snapshot": docs.column("snapshot").take(pa.array(rows)),
-        "node": pa.array(nodes[rows]),
-        "signature": fixed_width_binary(sigs),
-        "has_shingles": pa.array(has_shingles),
-    }
-    yield from pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+def signatures_of_chunk(docs: pa.Table, texts: list, reasons: list, nodes: np.ndarray, signing: Signing) -> Iterator[pa.RecordBatch]:
+    rows = first_rows_of_keys(docs.column("snapshot"), nodes, reasons, signing.reused)
+    for batch in signed_blocks(signing, texts, rows, nodes, docs.column("snapshot").combine_chunks()):
+        yield as_scan_batch(batch)
+
+
+SCAN_ARROW_TYPES = {
+    "chunk": pa.int32(), "row": pa.int32(), "id": pa.string(), "node": pa.int64(), "snapshot": pa.string(),
+    "url": pa.string(), "domain": pa.string(), "crawl_time": TIMESTAMP, "quality": pa.float64(), "length": pa.int32(),
+    "quarantine_reason": pa.string(), "partition_key": pa.int64(), "kind": pa.int8(), "payload": pa.binary(),
+}  # fmt: skip
+
+
+def as_scan_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch of some of SCAN_SCHEMA's columns with the others added as nulls."""
+    columns = [
+        batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows, SCAN_ARROW_TYPES[name])
+        for name in SCAN_SCHEMA.names
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=SCAN_SCHEMA.names)
+
+
+def documents_of(scanned: DataFrame) -> DataFrame:
+    """The per-document rows of a scan (PER_DOCUMENT_SCHEMA)."""
+    return scanned.filter(F.col("kind").isNull()).select(*PER_DOCUMENT_SCHEMA.names)
+
+
+def blocks_of(scanned: DataFrame) -> DataFrame:
+    """The signature blocks of a scan (STORED_BLOCK_SCHEMA)."""
+    return scanned.filter(F.col("kind").isNotNull()).select(*STORED_BLOCK_SCHEMA.names)
 
 
 def sign_new_snapshots(
-    spark: SparkSession, hashable: DataFrame, chunks: list[Chunk], params: DedupConfig, reused: list[str]
+    spark: SparkSession, hashable: DataFrame, chunks: list[Chunk], signing: Signing
 ) -> tuple[DataFrame, int]:
-    """A refresh's fresh signatures: those of the snapshots not reused, from a second read of only the chunks that
-    hold one of their checked rows; and how many rows those chunks hold."""
+    """A refresh's fresh signature blocks: those of the snapshots not reused, from a second read of only the chunks
+    that hold one of their checked rows; and how many rows those chunks hold."""
+    reused = sorted(signing.reused)
     new_rows = hashable.filter(~F.col("snapshot").isin(reused)) if reused else hashable
     to_read = sorted(row.chunk for row in new_rows.select("chunk").distinct().collect())
     descriptors = chunk_frame(spark, [chunks[index] for index in to_read])
-    signed = descriptors.mapInArrow(sign_chunks(params, frozenset(reused)), SIGNATURE_SCHEMA).localCheckpoint()
-    return signed, sum(chunks[index].row_count for index in to_read)
+    signed = descriptors.mapInArrow(sign_chunks(signing), SCAN_SCHEMA).localCheckpoint()
+    return blocks_of(signed), sum(chunks[index].row_count for index in to_read)
 
 
 def rank_repeated_ids(slim: DataFrame) -> DataFrame:

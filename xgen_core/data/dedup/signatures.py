@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 import numpy as np
@@ -14,8 +15,11 @@ from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
 from xgen_core.data import minhash
+from xgen_core.data.dedup.candidates import BLOCK_SCHEMA, graph_blocks, signature_rows_as_blocks
 from xgen_core.data.doc_chunks import write_parquet
-from xgen_core.data.sparkio import pack_by_partition, placement_keys, unpack_records, write_deterministic_parquet
+from xgen_core.data.sparkio import (
+    first_of_runs, fixed_width_binary, pack_by_partition, unpack_records, write_deterministic_parquet,
+)  # fmt: skip
 from xgen_core.storage import join, normalize_uri, store_for
 
 # Bump when the shingling or signature layout changes: stored signatures from another version are not reused.
@@ -29,19 +33,71 @@ def signature_key(params: DedupConfig) -> str:
     return f"v{SIGNATURE_VERSION}-n{params.ngram}-p{params.num_perm}-s{params.seed}-{params.hash_scheme}"
 
 
-def signatures_of_rows(texts: list, rows: np.ndarray, nodes: np.ndarray, params: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(uint32[len(rows), num_perm], has_shingles bool[len(rows)]) for texts[rows]: one MinHash per distinct text
-    (node), however many of the rows hold it."""
-    _, first, inverse = np.unique(nodes[rows], return_index=True, return_inverse=True)
-    distinct = rows[first]
-    sigs = np.empty((len(distinct), params.num_perm), dtype=np.uint32)
-    has_shingles = np.zeros(len(distinct), dtype=bool)
-    for start in range(0, len(distinct), SIGNATURE_BATCH):
-        part = distinct[start : start + SIGNATURE_BATCH]
+def minhash_rows(texts: list, rows: np.ndarray, params: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32[len(rows), num_perm], has_shingles bool[len(rows)]) for texts[rows], SIGNATURE_BATCH texts per call."""
+    sigs = np.empty((len(rows), params.num_perm), dtype=np.uint32)
+    has_shingles = np.zeros(len(rows), dtype=bool)
+    for start in range(0, len(rows), SIGNATURE_BATCH):
+        part = rows[start : start + SIGNATURE_BATCH]
         sigs[start : start + len(part)], has_shingles[start : start + len(part)] = minhash.signatures(
             [texts[row] for row in part], params.ngram, params.num_perm, params.seed, scheme=params.hash_scheme
         )
-    return sigs[inverse], has_shingles[inverse]
+    return sigs, has_shingles
+
+
+# The kind of the blocks that carry full signatures to signatures/ (the graph's kinds are in candidates).
+STORED = 4
+STORED_BLOCK_SCHEMA = T.StructType([*BLOCK_SCHEMA.fields, T.StructField("snapshot", T.StringType())])
+# Rows signed per slice of a scan task: it holds a slice's signatures and blocks at a time, not its chunk's.
+SIGNING_SLICE = 4 * SIGNATURE_BATCH
+
+
+@dataclass(frozen=True)
+class Signing:
+    """What a scan task needs to hand on the signatures it computes without Spark rows of them: the placement keys
+    of the graph's partitions (BANDS, SIGNATURES blocks) and of the files of signatures/ (STORED blocks), and the
+    snapshots a refresh reuses (not signed again)."""
+
+    params: DedupConfig
+    graph_keys: tuple[int, ...]
+    file_keys: tuple[int, ...]
+    reused: frozenset[str] = frozenset()
+
+
+def signed_blocks(signing: Signing, texts: list, rows: np.ndarray, nodes: np.ndarray, snapshots: pa.Array) -> Iterator[pa.RecordBatch]:
+    """STORED_BLOCK_SCHEMA batches for texts[rows] (the rows to sign: one per distinct (snapshot, node), ascending):
+    each distinct text is signed once; its graph_blocks if it has shingles, and a STORED record per (snapshot, node)."""
+    params = signing.params
+    labels = pc.dictionary_encode(snapshots)
+    codes, names = labels.indices.to_numpy(zero_copy_only=False), labels.dictionary.to_pylist()
+    for start in range(0, len(rows), SIGNING_SLICE):
+        part = rows[start : start + SIGNING_SLICE]
+        distinct, first, inverse = np.unique(nodes[part], return_index=True, return_inverse=True)
+        sigs, has_shingles = minhash_rows(texts, part[first], params)
+        graph = graph_blocks(distinct[has_shingles], sigs[has_shingles], params, list(signing.graph_keys), params.verify_jaccard)
+        for batch in graph:
+            yield batch.append_column("snapshot", pa.nulls(batch.num_rows, pa.string()))
+        records = np.empty(len(part), dtype=stored_record(params.num_perm))
+        records["node"], records["has_shingles"], records["signature"] = nodes[part], has_shingles[inverse], sigs[inverse]
+        yield from stored_blocks(records, codes[part], names, list(signing.file_keys))
+
+
+def stored_blocks(records: np.ndarray, codes: np.ndarray, names: list[str], file_keys: list[int]) -> Iterator[pa.RecordBatch]:
+    """STORED_BLOCK_SCHEMA batches: the records of each snapshot (names[code]) packed by the file they belong to."""
+    n_files = len(file_keys)
+    for code in np.unique(codes).tolist():
+        mine = records[codes == code]
+        file_of = (mine["node"].view(np.uint64) % np.uint64(n_files)).astype(np.int64)
+        for keys, payloads in pack_by_partition(mine, file_of, file_keys):
+            kinds = pa.array(np.full(len(keys), STORED, dtype=np.int8))
+            labels = pa.array([names[code]] * len(keys), pa.string())
+            yield pa.RecordBatch.from_arrays([keys, kinds, payloads, labels], names=STORED_BLOCK_SCHEMA.names)
+
+
+def stored_count(blocks: DataFrame, num_perm: int) -> int:
+    """How many (snapshot, text) signatures the STORED blocks of `blocks` hold."""
+    stored_bytes = blocks.filter(F.col("kind") == STORED).agg(F.sum(F.length("payload"))).first()[0] or 0
+    return stored_bytes // stored_record(num_perm).itemsize
 
 
 SIGNATURE_SCHEMA = T.StructType(
@@ -52,33 +108,6 @@ SIGNATURE_SCHEMA = T.StructType(
         T.StructField("has_shingles", T.BooleanType()),
     ]
 )
-
-
-def fixed_width_binary(rows: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """An Arrow binary array with one value per row of a 2-D array, built without a Python loop.
-
-    With `valid` (bool[n], as many True as `rows` has rows), an array of n values: the rows in the valid places,
-    in order, and nulls elsewhere.
-    """
-    data = np.ascontiguousarray(rows)
-    width = data.shape[1] * data.itemsize
-    if valid is None:
-        offsets = np.arange(len(data) + 1, dtype=np.int32) * width
-        return pa.Array.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
-    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
-    np.cumsum(valid * np.int32(width), out=offsets[1:])
-    validity = pa.array(valid).buffers()[1]
-    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())]
-    return pa.Array.from_buffers(pa.binary(), len(valid), buffers, null_count=int(len(valid) - valid.sum()))
-
-
-def signature_matrix(column: pa.Array, num_perm: int) -> np.ndarray:
-    """Inverse of fixed_width_binary: uint32[n, num_perm] from a binary column of signatures."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    data = column.buffers()[2]
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
-    flat = np.frombuffer(data, dtype=np.uint32, count=(offsets[-1] - offsets[0]) // 4, offset=int(offsets[0]))
-    return flat.reshape(len(column), num_perm)
 
 
 def snapshot_fingerprints(docs: DataFrame, params: DedupConfig) -> DataFrame:
@@ -103,17 +132,14 @@ def reusable_snapshots(spark: SparkSession, fingerprints: DataFrame, previous: s
     return sorted(row.snapshot for row in same.select("snapshot").collect())
 
 
-def scanned_signatures(per_document: DataFrame) -> DataFrame:
-    """The signatures the document scan computed (on the first row of each distinct text of a chunk)."""
-    return per_document.filter(F.col("signature").isNotNull()).select(*SIGNATURE_SCHEMA.names)
-
-
-def signatures_of(fresh: DataFrame, spark: SparkSession, previous: str | None, reused: list[str]) -> DataFrame:
-    """The fresh signatures and those of the reused snapshots, read from the previous output."""
+def signatures_of(fresh: DataFrame, spark: SparkSession, previous: str | None, reused: list[str], signing: Signing) -> DataFrame:
+    """The graph's blocks (BLOCK_SCHEMA) of the fresh signatures and of the reused snapshots' (read from the
+    previous output)."""
+    blocks = fresh.select(*BLOCK_SCHEMA.names)
     if not reused:
-        return fresh
+        return blocks
     old = spark.read.schema(SIGNATURE_SCHEMA).parquet(f"{previous}/signatures").filter(F.col("snapshot").isin(reused))
-    return fresh.unionByName(old)
+    return blocks.unionByName(signature_rows_as_blocks(old, signing.params, list(signing.graph_keys)))
 
 
 # Signature rows as numpy records on their way to the files.
@@ -121,54 +147,21 @@ def stored_record(num_perm: int) -> np.dtype:
     return np.dtype([("node", "<i8"), ("has_shingles", "?"), ("signature", "<u4", (num_perm,))])
 
 
-SIGNATURE_BLOCK_SCHEMA = T.StructType(
-    [T.StructField("partition_key", T.LongType()), T.StructField("snapshot", T.StringType()), T.StructField("payload", T.BinaryType())]
-)
 WRITTEN_SCHEMA = T.StructType([T.StructField("snapshot", T.StringType()), T.StructField("rows", T.LongType())])
 
 
-def write_signatures(signatures: DataFrame, uri: str, n_files: int) -> None:
-    """Spark's partitioned layout, snapshot=<name>/part-NNNNN.parquet, one row per distinct text of the snapshot:
-    file NNNNN of every snapshot holds its nodes with node % n_files == NNNNN, sorted by node.
+def write_signature_blocks(blocks: DataFrame, uri: str, n_files: int, num_perm: int) -> None:
+    """The STORED blocks of `blocks` (placed for n_files files) in Spark's partitioned layout,
+    snapshot=<name>/part-NNNNN.parquet, one row per distinct text of the snapshot: file NNNNN of every snapshot holds
+    its nodes with node % n_files == NNNNN, sorted by node.
 
-    The rows travel as numpy records packed in blocks (one per batch, snapshot and file) and each file is sorted and
-    written by one Python task: a Spark sort, distinct and Parquet write of the 512-byte rows cost twice as much.
-    A task holds 1/n_files of the signatures, whatever a snapshot's size.
+    Each file is sorted and written by one Python task from numpy records: a Spark sort, distinct and Parquet write
+    of 512-byte rows cost twice as much. A task holds 1/n_files of the signatures, whatever a snapshot's size.
     """
-    spark = signatures.sparkSession
-    num_perm = signatures.select(F.length("signature")).filter("signature IS NOT NULL").limit(1).collect()
     store_for(uri).delete_prefix(normalize_uri(uri))
-    if not num_perm:
-        return
-    num_perm = num_perm[0][0] // 4
-    keys = placement_keys(spark, n_files)
-    blocks = signatures.mapInArrow(signature_file_blocks(num_perm, keys), SIGNATURE_BLOCK_SCHEMA)
-    by_file = blocks.repartition(n_files, "partition_key")
+    stored = blocks.filter(F.col("kind") == STORED).select("partition_key", "snapshot", "payload")
+    by_file = stored.repartition(n_files, "partition_key")
     by_file.mapInArrow(write_signature_files(uri, num_perm, n_files), WRITTEN_SCHEMA).collect()
-
-
-def signature_file_blocks(num_perm: int, partition_keys: list[int]):
-    """mapInArrow over signature rows: per batch and snapshot, its records packed by the file they belong to."""
-    n_files = len(partition_keys)
-
-    def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            snapshots = pc.dictionary_encode(batch.column("snapshot"))
-            codes = snapshots.indices.to_numpy(zero_copy_only=False)
-            records = np.empty(batch.num_rows, dtype=stored_record(num_perm))
-            records["node"] = batch.column("node").to_numpy(zero_copy_only=False)
-            records["has_shingles"] = batch.column("has_shingles").to_numpy(zero_copy_only=False)
-            records["signature"] = signature_matrix(batch.column("signature"), num_perm)
-            for code, snapshot in enumerate(snapshots.dictionary.to_pylist()):
-                mine = records[codes == code]
-                file_of = (mine["node"].view(np.uint64) % np.uint64(n_files)).astype(np.int64)
-                for keys, payloads in pack_by_partition(mine, file_of, partition_keys):
-                    labels = pa.array([snapshot] * len(keys), pa.string())
-                    yield pa.RecordBatch.from_arrays([keys, labels, payloads], names=SIGNATURE_BLOCK_SCHEMA.names)
-
-    return compute
 
 
 def write_signature_files(uri: str, num_perm: int, n_files: int):
@@ -182,7 +175,7 @@ def write_signature_files(uri: str, num_perm: int, n_files: int):
         for snapshot in sorted(payloads):
             records = unpack_records(payloads[snapshot], stored_record(num_perm))
             records = records[np.argsort(records["node"], kind="stable")]
-            records = records[first_of_sorted_runs(records["node"])]
+            records = records[first_of_runs(records["node"])]
             file_number = int(records["node"][0]) % n_files
             table = pa.table(
                 {
@@ -199,13 +192,6 @@ def write_signature_files(uri: str, num_perm: int, n_files: int):
     return compute
 
 
-def first_of_sorted_runs(values: np.ndarray) -> np.ndarray:
-    """Mask of the first element of each run of equal values."""
-    mask = np.ones(len(values), dtype=bool)
-    mask[1:] = values[1:] != values[:-1]
-    return mask
-
-
 # The characters Spark escapes (as %XX) in a partition directory name (ExternalCatalogUtils.escapePathName).
 SPARK_ESCAPED = {chr(c) for c in range(0x01, 0x20)} | set('"#%\'*/:=?\\\x7f{[]^')
 SPARK_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -219,15 +205,16 @@ def spark_partition_value(value: str | None) -> str:
 
 
 def store_signatures(
-    fresh: DataFrame, fingerprints: DataFrame, output_uri: str, previous: str | None, reused: list[str]
+    fresh: DataFrame, fingerprints: DataFrame, output_uri: str, previous: str | None, reused: list[str], signing: Signing
 ) -> None:
     """signatures/ per snapshot, for the next refresh, and signature_index/ telling which snapshot they cover.
 
-    Only the fresh signatures are written; each reused snapshot's file is taken over from the previous output as it
-    is (a reference where the store has one): written again, the same rows would give the same bytes.
+    Only the fresh signatures (the STORED blocks of `fresh`) are written; each reused snapshot's file is taken over
+    from the previous output as it is (a reference where the store has one): written again, the same rows would
+    give the same bytes.
     """
     uri = f"{output_uri}/signatures"
-    write_signatures(fresh, uri, fresh.sparkSession.sparkContext.defaultParallelism)
+    write_signature_blocks(fresh, uri, len(signing.file_keys), signing.params.num_perm)
     for source, relative in reused_signature_files(previous, reused):
         store_for(uri).copy(source, join(uri, relative))
     # The distinct (snapshot, text) pairs of the documents are those the signatures hold, reused or not.

@@ -106,7 +106,7 @@ def write_chunk(chunk: Chunk, annotations: pa.Table, data_uri: str, quarantine_u
 def write_documents(spark, per_document: DataFrame, roots: DataFrame, chunks: list[Chunk], schemas, output_uri: str, params: DedupConfig) -> dict:
     """data/ and quarantine/, one file per input chunk: every document with its annotations or quarantine reason."""
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
-    ranked = rank_repeated_ids(hashable.drop("signature", "has_shingles"))
+    ranked = rank_repeated_ids(hashable)
     metadata = cluster_metadata(ranked.filter("id_rank = 1").drop("id_rank"), roots, params)
     repeated = ranked.filter("id_rank > 1").select("chunk", "row", F.lit("duplicate_id").alias("quarantine_reason"))
     bad_rows = per_document.filter(F.col("quarantine_reason").isNotNull()).select("chunk", "row", "quarantine_reason")
