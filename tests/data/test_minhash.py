@@ -1,4 +1,5 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasketch import MinHash, MinHashLSH
 
@@ -108,7 +109,7 @@ def reference_fast_hashes(text: str, ngram: int) -> list[int]:
 @pytest.mark.parametrize("ngram", [1, 3, 5])
 def test_fast_hashes_follow_their_definition_over_str_split_words(ngram):
     texts = [*TEXTS, "ΣΊΣΥΦΟΣ Σ ΑΣ", "eightchr ninechars sixteen-chars-ok seventeen-chars-ok", "x\u0085y\u1680z\u2000w\u200aq\u2028r\u2029s\u202ft\u205fu\u3000v\x1cw\x1fz", "\u200bzero\u200bwidth is not space"]
-    hashed, counts = minhash.fast_shingle_hashes(texts, ngram)
+    hashed, counts = minhash.fast_shingle_hashes(pa.array(texts), ngram)
     assert counts.tolist() == [len(word_shingles(text, ngram)) for text in texts]
     expected = [value for text in texts for value in reference_fast_hashes(text, ngram)]
     assert hashed.tolist() == expected
@@ -125,6 +126,17 @@ def test_fast_hashes_do_not_depend_on_how_a_batch_is_cut(monkeypatch):
     np.testing.assert_array_equal(whole[1], cut[1])
     one_by_one = np.vstack([signatures([text], 5, 16, 1, scheme="fast")[0] for text in texts])
     np.testing.assert_array_equal(whole[0], one_by_one)
+
+
+def test_fast_signatures_of_an_arrow_slice_equal_those_of_its_texts():
+    # Documents back to back in the buffer (no space between "ab" and "cd": words never run across documents),
+    # empty and blank ones, a sliced array.
+    texts = ["x ab", "cd y", "", "   ", "Ünïcode ÉTÉ ab", "ab"]
+    whole = pa.array(["skipped", *texts, "skipped too"]).slice(1, len(texts))
+    sigs, has_shingles = signatures(whole, 2, 16, 1, scheme="fast")
+    one_by_one = [signatures([text], 2, 16, 1, scheme="fast") for text in texts]
+    np.testing.assert_array_equal(sigs, np.vstack([sig for sig, _ in one_by_one]))
+    assert has_shingles.tolist() == [True, True, False, False, True, True]
 
 
 def test_fast_signatures_golden_values():

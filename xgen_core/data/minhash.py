@@ -23,6 +23,8 @@ from functools import lru_cache
 from itertools import accumulate
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 UINT32_MAX = np.uint32(0xFFFFFFFF)
 HASH_SCHEMES = ("fast", "datasketch")
@@ -84,19 +86,21 @@ def shingle_digests(text: str, ngram: int) -> bytes:
 
 
 def signatures(
-    texts: list[str], ngram: int, num_perm: int, seed: int, scheme: str = "datasketch"
+    texts: list[str] | pa.Array, ngram: int, num_perm: int, seed: int, scheme: str = "datasketch"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures of many documents at once, with the shingle hash of `scheme` ("fast" or "datasketch").
+    """MinHash signatures of many documents at once (a list of strings or an Arrow string array without nulls), with
+    the shingle hash of `scheme` ("fast" or "datasketch").
 
     Returns (signatures uint32[n_docs, num_perm], has_shingles bool[n_docs]). Documents without shingles keep the
-    all-max signature datasketch gives an empty MinHash; callers must not band them.
+    all-max signature datasketch gives an empty MinHash; callers must not band them. The fast scheme hashes an
+    Arrow array from its buffer, without a Python string per text.
     """
     if scheme == "fast":
-        hashed, counts = fast_shingle_hashes(texts, ngram)
+        hashed, counts = fast_shingle_hashes(texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string()), ngram)
         return min_per_document(fmix32(hashed), counts, num_perm, seed), counts > 0
     if scheme != "datasketch":
         raise ValueError(f"unknown MinHash hash scheme {scheme!r}; expected one of {HASH_SCHEMES}")
-    digests = [shingle_digests(text, ngram) for text in texts]
+    digests = [shingle_digests(text, ngram) for text in (texts.to_pylist() if isinstance(texts, pa.Array) else texts)]
     counts = np.fromiter((len(d) // 20 for d in digests), dtype=np.int64, count=len(texts))
     first_words = np.frombuffer(b"".join(digests), dtype="<u4").reshape(-1, 5)[:, 0]
     return min_per_document(fmix32(first_words), counts, num_perm, seed), counts > 0
@@ -182,50 +186,67 @@ _SPACE_3_BYTES = np.array(
 )
 
 
-def fast_shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fast scheme's 32-bit shingle hashes of many documents, concatenated, and the shingle count per document.
+def fast_shingle_hashes(texts: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fast scheme's 32-bit shingle hashes of many documents (an Arrow string array without nulls),
+    concatenated, and the shingle count per document.
 
-    The shingles of a document are those of `word_shingles(text, ngram)`, in the same order; none is built.
+    The shingles of a document are those of `word_shingles(text, ngram)`, in the same order; none is built: the
+    words are found and hashed in the lower-cased texts' UTF-8 buffer, a pass of about _BYTES_PER_PASS at a time.
     """
-    encoded = [text.lower().encode("utf-8") for text in texts]
+    texts = lowered(texts)
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[texts.offset : texts.offset + len(texts) + 1].astype(np.int64)
+    data = np.frombuffer(texts.buffers()[2] or b"", dtype=np.uint8)
     hashes, counts = [], np.zeros(len(texts), dtype=np.int64)
-    for first, last in _passes(encoded):
-        pass_hashes, counts[first:last] = _shingle_hashes_of_pass(encoded[first:last], ngram)
+    for first, last in _passes(offsets):
+        pass_hashes, counts[first:last] = _shingle_hashes_of_pass(data[offsets[first] : offsets[last]], offsets[first:last] - offsets[first], ngram)
         hashes.append(pass_hashes)
     hashed = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
     return (hashed ^ (hashed >> np.uint64(32))).astype(np.uint32), counts
 
 
-def _passes(encoded: list[bytes]):
+def lowered(texts: pa.Array) -> pa.Array:
+    """str.lower() of every text: Arrow's ascii_lower where a text is ASCII (the same there), Python's elsewhere."""
+    ascii_only = pc.string_is_ascii(texts)
+    lower = pc.ascii_lower(texts)
+    if pc.all(ascii_only).as_py() is not False:
+        return lower
+    others = pc.invert(ascii_only)
+    return pc.replace_with_mask(lower, others, pa.array([text.lower() for text in texts.filter(others).to_pylist()], pa.string()))
+
+
+def _passes(offsets: np.ndarray):
     """(first, last) document ranges of about _BYTES_PER_PASS bytes each; a longer document gets its own pass."""
-    first, size = 0, 0
-    for index, document in enumerate(encoded):
-        if size and size + len(document) > _BYTES_PER_PASS:
-            yield first, index
-            first, size = index, 0
-        size += len(document) + 1
-    if first < len(encoded):
-        yield first, len(encoded)
+    first = 0
+    while first < len(offsets) - 1:
+        last = int(np.searchsorted(offsets, offsets[first] + _BYTES_PER_PASS, side="right")) - 1
+        last = min(max(last, first + 1), len(offsets) - 1)
+        yield first, last
+        first = last
 
 
-def _shingle_hashes_of_pass(encoded: list[bytes], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint64 shingle hashes of the documents of one pass, concatenated, and the shingle count of each document."""
-    # One space before every document: words never run across documents, and each word has a byte before it.
-    buffer = np.frombuffer(b" " + b" ".join(encoded) + b" ", dtype=np.uint8)
-    doc_bounds = np.cumsum([0] + [len(document) + 1 for document in encoded])
-    starts, ends = _word_bounds(buffer)
-    words_per_doc = np.diff(np.searchsorted(starts, doc_bounds))
+def _shingle_hashes_of_pass(buffer: np.ndarray, doc_starts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 shingle hashes of the documents of one pass (their bytes back to back, each starting at doc_starts),
+    concatenated, and the shingle count of each document."""
+    starts, ends = _word_bounds(buffer, doc_starts)
+    words_per_doc = np.diff(np.searchsorted(starts, np.append(doc_starts, len(buffer))))
     word_hashes = _word_hashes(buffer, starts, ends)
     return _combine_words(word_hashes, words_per_doc, ngram)
 
 
-def _word_bounds(buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) byte offsets of the words: maximal runs of bytes that are not whitespace."""
+def _word_bounds(buffer: np.ndarray, doc_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) byte offsets of the words: maximal runs of bytes that are not whitespace, inside
+    one document (documents lie back to back, each starting at doc_starts)."""
     space = _ASCII_SPACE[buffer]
-    if buffer.max() >= 0x80:
+    if len(buffer) and buffer.max() >= 0x80:
         _mark_unicode_spaces(buffer, space)
-    change = np.flatnonzero(space[1:] != space[:-1]) + 1  # buffer starts and ends with a space
-    return change[0::2], change[1::2]
+    # Where a document starts (or the buffer ends) a word ends and another may start, spaces or not.
+    cut = np.zeros(len(buffer) + 1, dtype=bool)
+    cut[doc_starts] = True
+    cut[-1] = True
+    word = ~space
+    starts = np.flatnonzero(word & (cut[:-1] | np.insert(space[:-1], 0, True)))
+    ends = np.flatnonzero(word & (cut[1:] | np.append(space[1:], True))) + 1
+    return starts, ends
 
 
 def _mark_unicode_spaces(buffer: np.ndarray, space: np.ndarray) -> None:

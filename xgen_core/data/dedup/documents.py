@@ -296,13 +296,13 @@ def sign_chunks(signing: Signing):
     return for_each_chunk(lambda chunk: sign_chunk(chunk, signing))
 
 
-def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, list, np.ndarray]:
-    """The chunk's normalised documents, their texts, quarantine reasons (None if fine) and content nodes (-1 for a
-    row without text)."""
+def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, np.ndarray]:
+    """The chunk's normalised documents, their quarantine reasons (None if fine) and content nodes (-1 for a row
+    without text)."""
     docs = normalised_documents(read_chunk(chunk))
-    texts = docs.column("text").to_pylist()
-    reasons = row_problems(docs.column("id").combine_chunks(), docs.column("text").combine_chunks(), params.max_doc_chars)
-    return docs, texts, reasons, content_nodes(*content_digests(docs.column("text")))
+    texts = docs.column("text").combine_chunks()
+    reasons = row_problems(docs.column("id").combine_chunks(), texts, params.max_doc_chars)
+    return docs, reasons, content_nodes(*content_digests(texts))
 
 
 def first_rows_of_keys(snapshots: pa.ChunkedArray, nodes: np.ndarray, reasons: list, reused: frozenset[str]) -> np.ndarray:
@@ -318,7 +318,7 @@ def first_rows_of_keys(snapshots: pa.ChunkedArray, nodes: np.ndarray, reasons: l
 
 
 def scan_chunk(chunk: Chunk, params: DedupConfig, signing: Signing | None) -> Iterator[pa.RecordBatch]:
-    docs, texts, reasons, nodes = checked_chunk(chunk, params)
+    docs, reasons, nodes = checked_chunk(chunk, params)
     columns = {
         "chunk": pa.array(np.full(len(docs), chunk.index, np.int32)),
         "row": pa.array(np.arange(len(docs), dtype=np.int32)),
@@ -335,16 +335,17 @@ def scan_chunk(chunk: Chunk, params: DedupConfig, signing: Signing | None) -> It
     for batch in pa.table(columns).to_batches(max_chunksize=SCAN_BATCH_ROWS):
         yield as_scan_batch(batch)
     if signing:
-        yield from signatures_of_chunk(docs, texts, reasons, nodes, signing)
+        yield from signatures_of_chunk(docs, reasons, nodes, signing)
 
 
 def sign_chunk(chunk: Chunk, signing: Signing) -> Iterator[pa.RecordBatch]:
     yield from signatures_of_chunk(*checked_chunk(chunk, signing.params), signing)
 
 
-def signatures_of_chunk(docs: pa.Table, texts: list, reasons: list, nodes: np.ndarray, signing: Signing) -> Iterator[pa.RecordBatch]:
+def signatures_of_chunk(docs: pa.Table, reasons: list, nodes: np.ndarray, signing: Signing) -> Iterator[pa.RecordBatch]:
     rows = first_rows_of_keys(docs.column("snapshot"), nodes, reasons, signing.reused)
-    for batch in signed_blocks(signing, texts, rows, nodes, docs.column("snapshot").combine_chunks()):
+    texts, snapshots = docs.column("text").combine_chunks(), docs.column("snapshot").combine_chunks()
+    for batch in signed_blocks(signing, texts, rows, nodes, snapshots):
         yield as_scan_batch(batch)
 
 

@@ -33,14 +33,14 @@ def signature_key(params: DedupConfig) -> str:
     return f"v{SIGNATURE_VERSION}-n{params.ngram}-p{params.num_perm}-s{params.seed}-{params.hash_scheme}"
 
 
-def minhash_rows(texts: list, rows: np.ndarray, params: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def minhash_rows(texts: pa.Array, rows: np.ndarray, params: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(uint32[len(rows), num_perm], has_shingles bool[len(rows)]) for texts[rows], SIGNATURE_BATCH texts per call."""
     sigs = np.empty((len(rows), params.num_perm), dtype=np.uint32)
     has_shingles = np.zeros(len(rows), dtype=bool)
     for start in range(0, len(rows), SIGNATURE_BATCH):
-        part = rows[start : start + SIGNATURE_BATCH]
+        part = texts.take(pa.array(rows[start : start + SIGNATURE_BATCH]))
         sigs[start : start + len(part)], has_shingles[start : start + len(part)] = minhash.signatures(
-            [texts[row] for row in part], params.ngram, params.num_perm, params.seed, scheme=params.hash_scheme
+            part, params.ngram, params.num_perm, params.seed, scheme=params.hash_scheme
         )
     return sigs, has_shingles
 
@@ -64,7 +64,7 @@ class Signing:
     reused: frozenset[str] = frozenset()
 
 
-def signed_blocks(signing: Signing, texts: list, rows: np.ndarray, nodes: np.ndarray, snapshots: pa.Array) -> Iterator[pa.RecordBatch]:
+def signed_blocks(signing: Signing, texts: pa.Array, rows: np.ndarray, nodes: np.ndarray, snapshots: pa.Array) -> Iterator[pa.RecordBatch]:
     """STORED_BLOCK_SCHEMA batches for texts[rows] (the rows to sign: one per distinct (snapshot, node), ascending):
     each distinct text is signed once; its graph_blocks if it has shingles, and a STORED record per (snapshot, node)."""
     params = signing.params
