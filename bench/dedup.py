@@ -90,10 +90,15 @@ def run_baseline(path: Path, threshold: float, num_perm: int, ngram: int) -> dic
 
 
 def short_local_job_conf(cores: int, class_sharing: bool) -> list[str]:
+    from xgen_core.data.spark import PYTHON_DAEMON_MODULE
     from xgen_core.data.spark_cds import java_options
 
     jvm = f"-XX:TieredStopAtLevel=1 -XX:+UseParallelGC -XX:ParallelGCThreads={cores} -XX:CICompilerCount=1"
-    return [f"spark.driver.extraJavaOptions={jvm} {java_options(class_sharing)}".strip(), "spark.sql.adaptive.enabled=false"]
+    return [
+        f"spark.driver.extraJavaOptions={jvm} {java_options(class_sharing)}".strip(),
+        "spark.sql.adaptive.enabled=false",
+        f"spark.python.daemon.module={PYTHON_DAEMON_MODULE}",
+    ]
 
 
 def spark_session(cores: int, conf: list[str], class_sharing: bool):

@@ -8,6 +8,9 @@ import sys
 from xgen_core.config import SparkConfig
 from xgen_core.data.spark_cds import java_options
 
+# Python workers fork from a daemon that has already imported what the pipeline's Python tasks use.
+PYTHON_DAEMON_MODULE = "xgen_core.data.spark_daemon"
+
 
 def get_spark(cfg: SparkConfig):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -32,6 +35,7 @@ def get_spark(cfg: SparkConfig):
     conf.set("spark.sql.session.timeZone", "UTC")
     conf.set("spark.ui.showConsoleProgress", "false")
     conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    conf.set("spark.python.daemon.module", PYTHON_DAEMON_MODULE)
     for key, value in cfg.conf.items():
         conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
     sharing = java_options(cfg.class_data_sharing)

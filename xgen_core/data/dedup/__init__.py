@@ -3,7 +3,9 @@
 One module per step; `run_dedup` below chains them (nothing but small counts reaches the driver, and the texts
 never enter the JVM):
   documents   Python tasks read the input chunks, quarantine bad rows and hash each text (exact key = graph node)
-  signatures  MinHash per distinct text, vectorised per batch; reused from a previous run for unchanged snapshots
+  signatures  MinHash per distinct text, vectorised per batch, in the scan task: they leave it as packed blocks bound
+              for the LSH buckets, the check and signatures/ (never as rows); reused from a previous run for
+              unchanged snapshots
   candidates  LSH band buckets -> candidate pairs inside each bucket -> each distinct pair's MinHash-estimated Jaccard
               check (a join by hand of numpy records packed in blocks: pairs meet their src's signature sketch, then
               their dst's)
