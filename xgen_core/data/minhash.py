@@ -292,24 +292,31 @@ def _low_bytes_mask(n_bytes: np.ndarray) -> np.ndarray:
 def _combine_words(word_hashes: np.ndarray, words_per_doc: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """uint64 shingle hashes: fmix64 of the polynomial, in _WORD_BASE, of `ngram` consecutive word hashes.
 
-    A document with fewer than `ngram` words gets one shingle of all its words; one without words gets none.
+    A document with fewer than `ngram` words gets one shingle of all its words; one without words gets none. The
+    polynomial is rolled over the whole word array at once (contiguous slices, no gathers); only the positions where
+    a document's shingle starts are kept.
     """
     shingles_per_doc = np.where(words_per_doc > 0, np.maximum(words_per_doc - ngram + 1, 1), 0)
     first_word = np.cumsum(words_per_doc) - words_per_doc
-    doc_of_shingle = np.repeat(np.arange(len(words_per_doc)), shingles_per_doc)
-    offset_in_doc = np.arange(len(doc_of_shingle)) - np.repeat(np.cumsum(shingles_per_doc) - shingles_per_doc, shingles_per_doc)
-    start = first_word[doc_of_shingle] + offset_in_doc
-    length = np.minimum(words_per_doc[doc_of_shingle], ngram)
     padded = np.concatenate([word_hashes, np.zeros(ngram, dtype=np.uint64)])
-    combined = np.zeros(len(start), dtype=np.uint64)
-    for k in range(ngram):
+    n_words = len(word_hashes)
+    combined = padded[:n_words].copy()
+    for k in range(1, ngram):
         combined *= np.uint64(_WORD_BASE)
-        combined += padded[start + k]
-    short = np.flatnonzero(length < ngram)  # documents shorter than ngram words: a shorter polynomial
-    if len(short):
-        short_combined = np.zeros(len(short), dtype=np.uint64)
+        combined += padded[k : n_words + k]
+    # Shingle starts: the first words_per_doc - ngram + 1 words of each document, or its first word if it is short.
+    with_shingles = shingles_per_doc > 0
+    runs = np.zeros(n_words + 1, dtype=np.int64)
+    np.add.at(runs, first_word[with_shingles], 1)
+    np.add.at(runs, (first_word + shingles_per_doc)[with_shingles], -1)
+    start = np.flatnonzero(np.cumsum(runs[:n_words]) > 0)
+    combined = combined[start]
+    short_docs = np.flatnonzero(with_shingles & (words_per_doc < ngram))
+    if len(short_docs):  # documents shorter than ngram words: a shorter polynomial
+        length, first = words_per_doc[short_docs], first_word[short_docs]
+        short_combined = np.zeros(len(short_docs), dtype=np.uint64)
         for k in range(ngram):
-            inside = k < length[short]
-            short_combined = np.where(inside, short_combined * np.uint64(_WORD_BASE) + padded[start[short] + k], short_combined)
-        combined[short] = short_combined
+            inside = k < length
+            short_combined = np.where(inside, short_combined * np.uint64(_WORD_BASE) + padded[first + k], short_combined)
+        combined[np.searchsorted(start, first)] = short_combined
     return fmix64(combined ^ np.uint64(_SHINGLE_SALT)), shingles_per_doc
