@@ -9,7 +9,7 @@ import pytest
 
 from tests.data.test_dedup import PARAMS
 from xgen_core.data.dedup import run_dedup
-from xgen_core.data.dedup.clusters import cluster_metadata
+from xgen_core.data.dedup.clusters import cluster_metadata, rows_by_cluster
 from xgen_core.data.dedup.documents import content_hash, content_node
 
 pytestmark = pytest.mark.spark
@@ -55,7 +55,7 @@ def test_cluster_step_runs_in_spark_operators_that_spill_not_in_python(spark):
         "quality double, length int",
     )
     roots = spark.createDataFrame([(9, 7)], "node long, root long")
-    annotations = cluster_metadata(slim, roots, PARAMS)
+    annotations = cluster_metadata(rows_by_cluster(slim, roots), PARAMS)
     plan = annotations._jdf.queryExecution().executedPlan().toString()
     assert "MapInArrow" not in plan and "ArrowEvalPython" not in plan and "collect_" not in plan.lower()
     rows = sorted(annotations.collect(), key=lambda row: row.row)
