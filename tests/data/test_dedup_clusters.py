@@ -9,7 +9,8 @@ import pytest
 
 from tests.data.test_dedup import PARAMS
 from xgen_core.data.dedup import run_dedup
-from xgen_core.data.dedup.clusters import cluster_metadata
+from xgen_core.data.dedup import clusters
+from xgen_core.data.dedup.clusters import cluster_metadata, rows_by_cluster
 from xgen_core.data.dedup.documents import content_hash, content_node
 
 pytestmark = pytest.mark.spark
@@ -46,8 +47,12 @@ def test_a_cluster_of_100000_exact_copies_is_annotated_in_full(spark, tmp_path):
     assert (single["cluster_size"], single["kept"], single["cluster_rank"]) == (1, True, 1)
 
 
-def test_cluster_step_runs_in_spark_operators_that_spill_not_in_python(spark):
-    """A Python batch per partition (or a collected list per cluster) would hold the largest cluster in memory."""
+@pytest.mark.parametrize("roots_bound, join", [(8_000_000, "BroadcastHashJoin"), (0, "SortMergeJoin")])
+def test_cluster_step_runs_in_spark_operators_that_spill_not_in_python(spark, monkeypatch, roots_bound, join):
+    """A Python batch per partition (or a collected list per cluster) would hold the largest cluster in memory.
+
+    Roots at most the bound are broadcast; above it (paper scale) the join sorts and merges: the same annotations."""
+    monkeypatch.setattr(clusters, "BROADCAST_ROOTS_MAX_ROWS", roots_bound)
     when = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
     slim = spark.createDataFrame(
         [(0, row, f"d{row}", 7 if row < 3 else 9, "S1", "a.example", when, 0.5, 10) for row in range(5)],
@@ -55,9 +60,10 @@ def test_cluster_step_runs_in_spark_operators_that_spill_not_in_python(spark):
         "quality double, length int",
     )
     roots = spark.createDataFrame([(9, 7)], "node long, root long")
-    annotations = cluster_metadata(slim, roots, PARAMS)
+    annotations = cluster_metadata(rows_by_cluster(slim, roots), PARAMS)
     plan = annotations._jdf.queryExecution().executedPlan().toString()
     assert "MapInArrow" not in plan and "ArrowEvalPython" not in plan and "collect_" not in plan.lower()
+    assert join in plan
     rows = sorted(annotations.collect(), key=lambda row: row.row)
     assert [(row.cluster_id, row.cluster_size, row.n_variants, row.n_exact) for row in rows] == [("000000000000007", 5, 2, 3)] * 3 + [("000000000000007", 5, 2, 2)] * 2
     assert [row.cluster_rank for row in rows] == [1, 3, 4, 2, 5] and [row.kept for row in rows] == [True, False, False, True, False]

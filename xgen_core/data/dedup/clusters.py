@@ -50,42 +50,69 @@ ANNOTATION_SCHEMA = T.StructType(
 )  # fmt: skip
 
 
-def cluster_metadata(slim: DataFrame, roots: DataFrame, params: DedupConfig) -> DataFrame:
-    """Per (chunk, row): cluster_id, frequency metadata, cluster_rank and kept.
+# Rows of roots (two longs each) up to which the join with them broadcasts roots: a hash join with no exchange and
+# no sort of the documents. Spark cannot tell the size of a checkpointed frame, so it is counted; above the bound
+# (paper scale) the join sorts and merges.
+BROADCAST_ROOTS_MAX_ROWS = 8_000_000
+WHOLE_GROUP = (Window.unboundedPreceding, Window.unboundedFollowing)
+CLUSTER_COLUMNS = ["chunk", "row", "id", "node", "snapshot", "domain", "crawl_time", "quality", "length"]
 
-    Spark's windows only, after one exchange by cluster: they sort and spill, so no task ever holds a whole cluster
-    (a page copied 10M times is one cluster) in memory, as a Python batch or a collected list would. Every window is
-    partitioned by the cluster (and more), so the exchange by root serves them all; distinct counts are sums of
-    first-row flags, not distinct aggregations (those expand every row once per counted column and exchange twice).
+
+def rows_by_cluster(documents: DataFrame, roots: DataFrame) -> DataFrame:
+    """`documents` (CLUSTER_COLUMNS, and any others) with their cluster's root, in one exchange by root."""
+    if roots.count() <= BROADCAST_ROOTS_MAX_ROWS:
+        roots = F.broadcast(roots)
+    clustered = documents.join(roots, "node", "left").withColumn("root", F.coalesce("root", "node"))
+    return clustered.repartition("root")
+
+
+def cluster_metadata(by_cluster: DataFrame, params: DedupConfig) -> DataFrame:
+    """Per (chunk, row) of `by_cluster` (from rows_by_cluster): cluster_id, frequency metadata, cluster_rank, kept.
+
+    Spark's windows only: they sort and spill, so no task ever holds a whole cluster (a page copied 10M times is one
+    cluster) in memory, as a Python batch or a collected list would. Every window is partitioned by the cluster
+    (and more), so the exchange by root serves them all; distinct counts are sums of first-of-value flags, not
+    distinct aggregations (those expand every row once per counted column and exchange twice). Windows that share
+    their partitioning and order run as one Window operator (four here, one per sort).
     """
     order = variant_order(params.rank_by)
-    clustered = slim.join(roots, "node", "left").withColumn("root", F.coalesce("root", "node"))
-    columns = ["chunk", "row", "id", "node", "root", "snapshot", "domain", "crawl_time", "quality", "length"]
-    by_cluster = clustered.select(*columns).repartition("root")
-    copies = Window.partitionBy("root", "node")
-    ranked = by_cluster.withColumn("exact_rank", F.row_number().over(copies.orderBy(*order))).withColumn(
-        "n_exact", F.count("*").over(copies)
+    flagged = by_cluster.select(*CLUSTER_COLUMNS, "root").withColumns(
+        {
+            "first_of_snapshot": first_of_value_in_cluster("snapshot"),
+            "first_of_domain": first_of_value_in_cluster("domain") & F.col("domain").isNotNull(),
+        }
+    )
+    copies = Window.partitionBy("root", "node").orderBy(*order)
+    ranked = flagged.withColumns(
+        {"exact_rank": F.row_number().over(copies), "n_exact": F.count("*").over(copies.rowsBetween(*WHOLE_GROUP))}
     )
     # Inside a cluster every distinct variant comes before any exact repeat: repeats add no lexical diversity.
     repeat = F.col("exact_rank") > 1
-    ranked = ranked.withColumn("cluster_rank", F.row_number().over(Window.partitionBy("root").orderBy(repeat, *order)))
-    ranked = ranked.withColumn("kept", ~repeat & (F.col("cluster_rank") <= params.top_k))
-    flagged = ranked.withColumns(
+    variants = Window.partitionBy("root").orderBy(repeat, *order)
+    whole_cluster = variants.rowsBetween(*WHOLE_GROUP)
+    annotated = ranked.withColumns(
         {
-            "first_of_snapshot": first_in_cluster("snapshot"),
-            "first_of_domain": first_in_cluster("domain") & F.col("domain").isNotNull(),
+            "cluster_rank": F.row_number().over(variants),
+            **{name: aggregate.over(whole_cluster) for name, aggregate in cluster_stats().items()},
         }
     )
-    stats = cluster_stats()
-    whole_cluster = Window.partitionBy("root")
-    annotated = flagged.withColumns({name: aggregate.over(whole_cluster) for name, aggregate in stats.items()})
-    annotated = annotated.withColumn("cluster_id", cluster_key(F.col("cluster_id")))
+    annotated = annotated.withColumns(
+        {
+            "kept": ~repeat & (F.col("cluster_rank") <= params.top_k),
+            "cluster_id": cluster_key(F.col("cluster_id")),
+        }
+    )
     return annotated.select(*ANNOTATION_SCHEMA.names)
 
 
-def first_in_cluster(column: str) -> Column:
-    """True on one row of each (cluster, value of `column`): summed, the number of distinct values (null counts once)."""
-    return F.row_number().over(Window.partitionBy("root", column).orderBy("chunk", "row")) == 1
+def first_of_value_in_cluster(column: str) -> Column:
+    """True on one row of each (cluster, value of `column`): summed, the number of distinct values (null counts once).
+
+    A lag over the cluster in `column` order, not a row number per (cluster, value): one window group per cluster.
+    """
+    in_value_order = Window.partitionBy("root").orderBy(column)
+    previous = F.lag(column).over(in_value_order)
+    return (F.row_number().over(in_value_order) == 1) | ~previous.eqNullSafe(F.col(column))
 
 
 def cluster_stats() -> dict[str, Column]:

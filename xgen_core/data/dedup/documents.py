@@ -388,10 +388,13 @@ def sign_new_snapshots(
     return blocks_of(signed), sum(chunks[index].row_count for index in to_read)
 
 
-def rank_repeated_ids(slim: DataFrame) -> DataFrame:
-    """Add id_rank: 1 for the row that keeps its id, 2, 3, ... for later rows repeating it.
+def flag_repeated_ids(slim: DataFrame) -> DataFrame:
+    """Add repeats_id: false for the row that keeps its id, true for later rows repeating it.
 
-    The smallest (node, snapshot, url) keeps the id, then input order, so the choice is deterministic.
+    The smallest (node, snapshot, url) keeps the id, then input order, so the choice is deterministic. A flag from a
+    lag, not a row number filtered to 1: that filter makes Spark sort every row once more before the exchange by id
+    (a partial group limit), which drops nothing when ids are unique.
     """
     order = ["node", "snapshot", "url", "chunk", "row"]
-    return slim.withColumn("id_rank", F.row_number().over(Window.partitionBy("id").orderBy(*order)))
+    earlier_row = F.lag("row").over(Window.partitionBy("id").orderBy(*order))
+    return slim.withColumn("repeats_id", earlier_row.isNotNull())

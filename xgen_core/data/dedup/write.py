@@ -14,9 +14,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from xgen_core.config import DedupConfig
-from xgen_core.data.dedup.clusters import cluster_metadata
+from xgen_core.data.dedup.clusters import CLUSTER_COLUMNS, cluster_metadata, rows_by_cluster
 from xgen_core.data.dedup.documents import (
-    TIMESTAMP, content_digests, content_hash_column, normalised_documents, rank_repeated_ids, with_column,
+    TIMESTAMP, content_digests, content_hash_column, normalised_documents, flag_repeated_ids, with_column,
 )  # fmt: skip
 from xgen_core.data.doc_chunks import Chunk, conform, part_uri, read_chunk, write_parquet
 from xgen_core.data.sparkio import placement_keys
@@ -106,9 +106,9 @@ def write_chunk(chunk: Chunk, annotations: pa.Table, data_uri: str, quarantine_u
 def write_documents(spark, per_document: DataFrame, roots: DataFrame, chunks: list[Chunk], schemas, output_uri: str, params: DedupConfig) -> dict:
     """data/ and quarantine/, one file per input chunk: every document with its annotations or quarantine reason."""
     hashable = per_document.filter(F.col("quarantine_reason").isNull())
-    ranked = rank_repeated_ids(hashable)
-    metadata = cluster_metadata(ranked.filter("id_rank = 1").drop("id_rank"), roots, params)
-    repeated = ranked.filter("id_rank > 1").select("chunk", "row", F.lit("duplicate_id").alias("quarantine_reason"))
+    flagged = flag_repeated_ids(hashable.select(*CLUSTER_COLUMNS, "url"))
+    metadata = cluster_metadata(rows_by_cluster(flagged.filter(~F.col("repeats_id")).select(*CLUSTER_COLUMNS), roots), params)
+    repeated = flagged.filter("repeats_id").select("chunk", "row", F.lit("duplicate_id").alias("quarantine_reason"))
     bad_rows = per_document.filter(F.col("quarantine_reason").isNotNull()).select("chunk", "row", "quarantine_reason")
     placement = metadata.unionByName(bad_rows.unionByName(repeated), allowMissingColumns=True)
     keys = spark.createDataFrame(list(enumerate(placement_keys(spark, len(chunks)))), "chunk int, partition_key long")
