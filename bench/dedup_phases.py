@@ -30,7 +30,7 @@ from xgen_core.data.dedup.components import connected_components  # noqa: E402
 from xgen_core.data.dedup.documents import (  # noqa: E402
     SCAN_SCHEMA, blocks_of, chunk_frame, documents_of, scan_chunks, unified_schema,
 )  # fmt: skip
-from xgen_core.data.dedup.signatures import Signing  # noqa: E402
+from xgen_core.data.dedup.signatures import Signing, write_signature_blocks  # noqa: E402
 from xgen_core.data.dedup.write import output_schemas, write_documents  # noqa: E402
 from xgen_core.data.sparkio import placement_keys  # noqa: E402
 
@@ -65,6 +65,8 @@ def main() -> None:
     shutil.rmtree(output, ignore_errors=True)
     write_documents(spark, per_document, roots, chunks, output_schemas(schema), str(output), params)
     step("cluster statistics and write")
+    write_signature_blocks(blocks_of(scanned), str(output / "signatures"), len(keys), params.num_perm)
+    step("signatures stored (run beside the graph steps in run_dedup)")
     spark.stop()
 
 
