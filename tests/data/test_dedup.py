@@ -276,3 +276,12 @@ def test_written_signatures_read_back_once_per_text_sorted_by_node(spark, tmp_pa
     for file in (tmp_path / "signatures").rglob("part-*.parquet"):
         nodes = pq.read_table(file).column("node").to_pylist()
         assert nodes == sorted(set(nodes)) and {node % 2 for node in nodes} == {int(file.name[5:10])}
+
+
+def test_a_dedup_leaves_no_checkpoint_behind_in_its_session(spark, tmp_path):
+    """Its checkpoints (the scan's signature blocks among them) are released: runs in one session do not pile up."""
+    _, rows = labelled_rows(120, seed=17)
+    persistent = spark.sparkContext._jsc.getPersistentRDDs
+    before = {int(rdd_id) for rdd_id in persistent().keySet()}
+    run_dedup(spark, write_jsonl(tmp_path / "docs.jsonl", rows), str(tmp_path / "out"), PARAMS)
+    assert {int(rdd_id) for rdd_id in persistent().keySet()} == before

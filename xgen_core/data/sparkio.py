@@ -4,6 +4,7 @@ Spark as packed binary blocks or fixed-width binary columns."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -160,3 +161,18 @@ def first_of_runs(*sorted_columns: np.ndarray) -> np.ndarray:
     for column in sorted_columns:
         mask[1:] |= column[1:] != column[:-1]
     return mask
+
+
+@contextmanager
+def released_checkpoints(spark: SparkSession):
+    """Unpersist, on leaving, every RDD persisted inside the block (the local checkpoints of a job): several jobs in
+    one session (a refresh after a first run, a test suite) do not pile up each other's checkpoints in memory."""
+    context = spark.sparkContext._jsc
+    before = {int(rdd_id) for rdd_id in context.getPersistentRDDs().keySet()}
+    try:
+        yield
+    finally:
+        persisted = context.getPersistentRDDs()
+        for rdd_id in [int(rdd_id) for rdd_id in persisted.keySet()]:
+            if rdd_id not in before:
+                persisted.get(rdd_id).unpersist(False)

@@ -37,7 +37,7 @@ from xgen_core.data.dedup.signatures import (
     Signing, reusable_snapshots, signatures_of, snapshot_fingerprints, store_signatures, stored_count,
 )  # fmt: skip
 from xgen_core.data.dedup.write import output_schemas, write_documents
-from xgen_core.data.sparkio import placement_keys
+from xgen_core.data.sparkio import placement_keys, released_checkpoints
 from xgen_core.storage import join, normalize_uri, store_for
 
 
@@ -56,6 +56,12 @@ def run_dedup(
     write them out with their annotations. A refresh signs them in a read of its own, of only the chunks that hold
     a snapshot it cannot reuse (it knows which once every text is hashed).
     """
+    with released_checkpoints(spark):
+        return deduplicated(spark, input_uri, output_uri, params, previous, log)
+
+
+def deduplicated(spark, input_uri, output_uri: str, params: DedupConfig, previous: str | None, log) -> dict:
+    """run_dedup's steps (its checkpoints stay in memory until it returns)."""
     started = time.perf_counter()
 
     def done(step: str) -> None:
