@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from xgen_core.config import DedupConfig
 from xgen_core.data.dedup.signatures import STORED_BLOCK_SCHEMA, Signing, signed_blocks
@@ -299,7 +300,8 @@ def sign_chunks(signing: Signing):
 def checked_chunk(chunk: Chunk, params: DedupConfig) -> tuple[pa.Table, list, np.ndarray]:
     """The chunk's normalised documents, their quarantine reasons (None if fine) and content nodes (-1 for a row
     without text)."""
-    docs = normalised_documents(read_chunk(chunk))
+    # One chunk per column: the checks, the hashes and the signing then read the columns without copying them again.
+    docs = normalised_documents(read_chunk(chunk)).combine_chunks()
     texts = docs.column("text").combine_chunks()
     reasons = row_problems(docs.column("id").combine_chunks(), texts, params.max_doc_chars)
     return docs, reasons, content_nodes(*content_digests(texts))
@@ -349,17 +351,14 @@ def signatures_of_chunk(docs: pa.Table, reasons: list, nodes: np.ndarray, signin
         yield as_scan_batch(batch)
 
 
-SCAN_ARROW_TYPES = {
-    "chunk": pa.int32(), "row": pa.int32(), "id": pa.string(), "node": pa.int64(), "snapshot": pa.string(),
-    "url": pa.string(), "domain": pa.string(), "crawl_time": TIMESTAMP, "quality": pa.float64(), "length": pa.int32(),
-    "quarantine_reason": pa.string(), "partition_key": pa.int64(), "kind": pa.int8(), "payload": pa.binary(),
-}  # fmt: skip
+# The same columns as Arrow types (timestamps in UTC, as the scan writes them).
+SCAN_ARROW_SCHEMA = to_arrow_schema(SCAN_SCHEMA, timezone="UTC")
 
 
 def as_scan_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A batch of some of SCAN_SCHEMA's columns with the others added as nulls."""
     columns = [
-        batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows, SCAN_ARROW_TYPES[name])
+        batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows, SCAN_ARROW_SCHEMA.field(name).type)
         for name in SCAN_SCHEMA.names
     ]
     return pa.RecordBatch.from_arrays(columns, names=SCAN_SCHEMA.names)
