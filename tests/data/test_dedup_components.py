@@ -36,14 +36,23 @@ def union_find_roots(edges: list[tuple[int, int]]) -> dict[int, int]:
     return {node: find(node) for node in list(parent)}
 
 
-# Star rounds alone, and after contracting each of 3 partitions (edges dealt round-robin, so components span them).
-CONTRACTIONS = [pytest.param(False, id="star-rounds"), pytest.param(True, id="partitions-contracted-first")]
+# Star rounds alone; after contracting each of 3 partitions (edges dealt round-robin, so components span them), then
+# rounds (as above ONE_TASK_MAX_EDGES) or one task over all the stars.
+CONTRACTIONS = [
+    pytest.param((False, 0), id="star-rounds"),
+    pytest.param((True, 0), id="partitions-contracted-then-rounds"),
+    pytest.param((True, 10**9), id="partitions-contracted-then-one-task"),
+]
 
 
-def spark_roots(spark, edges: list[tuple[int, int]], contract: bool = False) -> dict[int, int]:
+def spark_roots(spark, edges: list[tuple[int, int]], contract: tuple[bool, int] = (False, 0)) -> dict[int, int]:
     """node -> root from connected_components; fails if a node comes back with two roots."""
     frame = spark.createDataFrame(edges, "src long, dst long").repartition(3)
-    rows = connected_components(frame, contract_partitions=contract).collect()
+    contract_partitions, one_task_max_edges = contract
+    messages: list[str] = []
+    found = connected_components(frame, messages.append, contract_partitions=contract_partitions, one_task_max_edges=one_task_max_edges)
+    rows = found.collect()
+    assert any("in one task" in message for message in messages) == (contract_partitions and one_task_max_edges > 0)
     roots = {row.node: row.root for row in rows}
     assert len(roots) == len(rows), "a node has more than one root"
     # Roots are not listed as nodes of their own: they point nowhere.

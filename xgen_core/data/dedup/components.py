@@ -13,6 +13,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as sparse_components
 
 EDGE_SCHEMA = T.StructType([T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())])
+# Star edges (after each partition is contracted) up to which one task contracts them all, giving the components at
+# once, instead of large-star / small-star rounds (several shuffles each). That task holds ~100 bytes per edge.
+ONE_TASK_MAX_EDGES = 8_000_000
 
 
 def local_stars(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -59,18 +62,24 @@ def connected_components(
     log: Callable[[str], None] = lambda message: None,
     max_iterations: int = 50,
     contract_partitions: bool = True,
+    one_task_max_edges: int = ONE_TASK_MAX_EDGES,
 ) -> DataFrame:
     """(node, root) for every node on an edge (src, dst) of any orientation; root is the smallest node of its
     component.
 
-    First each partition's edges are contracted to stars (`local_stars`, unless contract_partitions is False);
-    then large-star and small-star (Kiveris et al., 2014), which keep the components unchanged, alternate until the
+    First each partition's edges are contracted to stars (`local_stars`, unless contract_partitions is False).
+    Up to one_task_max_edges star edges, one task contracts their union: its stars are the components. Above that,
+    large-star and small-star (Kiveris et al., 2014), which keep the components unchanged, alternate until the
     edges form stars: each component then is its minimum with every other node pointing at it, and only at it.
     """
     current = edges.select("src", "dst")
     if contract_partitions:
         current = current.mapInArrow(local_stars, EDGE_SCHEMA)
     current = current.localCheckpoint()
+    if contract_partitions and current.count() <= one_task_max_edges:
+        current = current.coalesce(1).mapInArrow(local_stars, EDGE_SCHEMA).localCheckpoint()
+        log("dedup: connected components in one task")
+        return current.select(F.col("src").alias("node"), F.col("dst").alias("root"))
     for iteration in range(max_iterations):
         current = small_star(large_star(current)).localCheckpoint()
         if is_star_forest(current):
